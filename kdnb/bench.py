@@ -1,0 +1,95 @@
+"""``python -m kdnb bench``: performance ratios measured side by side in one run, printed as JSON.
+
+Ratios, not absolute times, are the contract: both sides run in the same process, interleaved, on the same
+model, data and batches, so machine load affects them alike.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _bare_loop(model: torch.nn.Module, batches, epoch: int, lr: float) -> None:
+    """The minimal PyTorch training loop the trainer is compared with."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    for x, y in batches.batches(epoch, 0):
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def trainer_vs_bare_loop(model_name: str = "resnet8", batch_size: int = 128, steps: int = 25,
+                         repeats: int = 5) -> dict:
+    """Trainer images/s divided by a bare loop's images/s (same model, data and batches). Target: >= 0.95."""
+    from . import data, device, distill, models
+    from .train import Schedule, Trainer
+
+    dev = device()
+    info = data.info("fashion_mnist")
+    ds = data.dataset("fashion_mnist", "train")
+    per_class = -(-steps * batch_size // info.num_classes)
+    images, labels = data.as_tensors(ds, data.stratified_subset(torch.as_tensor(ds.targets), per_class, seed=0))
+    batches = data.TensorBatches(images[: steps * batch_size], labels[: steps * batch_size], batch_size,
+                                 info.mean, info.std, shuffle=True, augment="crop_flip", drop_last=True, device=dev)
+    torch.manual_seed(0)
+    model = models.create(model_name, num_classes=info.num_classes, in_channels=info.in_channels).to(dev)
+    schedule = Schedule(epochs=1, batch_size=batch_size, lr=0.05)
+    n_images = len(batches) * batch_size
+
+    def run_trainer(epoch: int) -> None:
+        Trainer(distill.create("ce", model), batches, schedule, seed=epoch, device=dev, desc="bench").fit()
+
+    def timed(fn: Callable[[int], None], epoch: int) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        fn(epoch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return n_images / (time.perf_counter() - began)
+
+    run_trainer(0), _bare_loop(model, batches, 0, 0.05)  # warm-up (allocator, kernels)
+    trainer_ips, bare_ips = [], []
+    for r in range(repeats):  # interleaved, alternating who goes first
+        order = [("t", run_trainer), ("b", lambda e: _bare_loop(model, batches, e, 0.05))]
+        for tag, fn in (order if r % 2 == 0 else order[::-1]):
+            (trainer_ips if tag == "t" else bare_ips).append(timed(fn, r + 1))
+    ratios = [t / b for t, b in zip(trainer_ips, bare_ips)]
+    return {
+        "name": "trainer_vs_bare_loop",
+        "ratio": statistics.median(ratios),
+        "target": ">= 0.95",
+        "ratios": ratios,
+        "trainer_images_per_s": statistics.median(trainer_ips),
+        "bare_images_per_s": statistics.median(bare_ips),
+        "model": model_name, "dataset": "fashion_mnist", "batch_size": batch_size, "steps": len(batches),
+        "repeats": repeats,
+    }
+
+
+BENCHES = {"trainer": trainer_vs_bare_loop}
+
+
+def main(names: list[str] | None = None, quick: bool = False) -> list[dict]:
+    from . import device
+
+    chosen = names or list(BENCHES)
+    unknown = [n for n in chosen if n not in BENCHES]
+    if unknown:
+        raise SystemExit(f"unknown bench {unknown}; choose from: {', '.join(BENCHES)}")
+    results = []
+    for name in chosen:
+        kwargs = {"steps": 4, "repeats": 2} if quick else {}
+        entry = BENCHES[name](**kwargs)
+        entry.update(device=str(device()), threads=torch.get_num_threads(), torch=torch.__version__,
+                     machine=platform.machine())
+        results.append(entry)
+    print(json.dumps(results, indent=2))
+    return results

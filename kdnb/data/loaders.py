@@ -1,0 +1,33 @@
+"""``dataset(name, split)``: one entry point for every data set the book uses."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch.utils.data import Dataset
+
+from . import downloadable, fashion_mnist
+from .registry import check_name, check_split
+
+
+def dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = False,
+            transform: Callable | None = None) -> Dataset:
+    """torchvision's dataset object for ``name`` (``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``).
+
+    * ``fashion_mnist`` is embedded in the repository (``data/fashion-mnist/``, or ``root``: a folder with the
+      four ``.gz`` files and ``SHA256SUMS``); it is checked, decompressed once into the cache
+      (``data/.cache`` or ``$KDNB_CACHE``) and needs no download (``download`` is ignored).
+    * ``mnist``/``cifar10``/``cifar100`` are read from ``root`` (default ``data/downloads``) in torchvision's
+      layout. They are downloaded only with ``download=True``; missing files raise
+      :class:`~kdnb.data.DatasetNotFound` naming the folder.
+
+    ``$KDNB_DATA`` replaces the repository's ``data/`` folder. ``split`` is ``"train"`` or ``"test"``;
+    unknown names or splits raise ``ValueError`` listing the choices. ``transform`` is passed to torchvision
+    (use :func:`~kdnb.data.as_tensors` plus :class:`~kdnb.data.TensorBatches` for fast training instead).
+    """
+    check_name(name)
+    check_split(split)
+    root = Path(root).expanduser() if root is not None else None
+    if name == "fashion_mnist":
+        return fashion_mnist.load(split, folder=root, transform=transform)
+    return downloadable.load(name, split, root=root, download=download, transform=transform)

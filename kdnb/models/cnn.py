@@ -1,0 +1,76 @@
+"""Plain (non-residual) convolutional networks: simple students for the early chapters.
+
+``cnnD`` has ``D`` weight layers: ``D - 1`` conv3x3 + BN + ReLU layers arranged in
+three groups of widths 32 / 64 / 128, a 2x2 max-pool between groups
+(32 -> 16 -> 8 px on CIFAR, 28 -> 14 -> 7 on Fashion-MNIST), global average pooling
+and one linear layer:
+
+* ``cnn6``:  groups [32] [64, 64] [128, 128]            (5 convs)
+* ``cnn8``:  groups [32, 32] [64, 64] [128, 128, 128]   (7 convs)
+* ``cnn10``: groups [32, 32, 32] [64, 64, 64] [128, 128, 128] (9 convs)
+
+Each deeper variant adds layers to the smaller one, so depth and parameter count
+both grow: cnn6 < cnn8 < cnn10.
+
+Features: ``convJ.pre`` (BN output of the J-th conv, before ReLU) and ``convJ``
+(= relu(convJ.pre), before any pooling) for J = 1..D-1, numbered through the
+whole network; then ``pooled`` (B, 128) and ``logits``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdnb.models.base import FeatureModel, Features, conv_bn, global_avg_pool, init_weights, record
+
+CNN_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "cnn6": ((32,), (64, 64), (128, 128)),
+    "cnn8": ((32, 32), (64, 64), (128, 128, 128)),
+    "cnn10": ((32, 32, 32), (64, 64, 64), (128, 128, 128)),
+}
+
+
+class PlainCNN(FeatureModel):
+    """Conv-BN-ReLU stack with pooling between groups; ``variant`` is a key of ``CNN_CONFIGS``."""
+
+    def __init__(self, variant: str, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if variant not in CNN_CONFIGS:
+            raise ValueError(f"unknown CNN variant {variant!r}; choose one of: {', '.join(CNN_CONFIGS)}")
+        self.name = variant
+        self.config = {"num_classes": num_classes, "in_channels": in_channels}
+
+        groups = []
+        width_in = in_channels
+        for widths in CNN_CONFIGS[variant]:
+            layers = []
+            for width in widths:
+                layers.append(conv_bn(width_in, width))
+                width_in = width
+            groups.append(nn.ModuleList(layers))
+        self.groups = nn.ModuleList(groups)
+        self.classifier = nn.Linear(width_in, num_classes)
+
+        num_convs = sum(len(group) for group in groups)
+        self.feature_names = tuple(
+            name for j in range(1, num_convs + 1) for name in (f"conv{j}.pre", f"conv{j}")
+        ) + ("pooled", "logits")
+        init_weights(self)
+
+    def _run(self, x: Tensor, features: Features | None) -> Tensor:
+        conv_index = 0
+        for group_index, group in enumerate(self.groups):
+            if group_index > 0:
+                x = F.max_pool2d(x, 2)
+            for layer in group:
+                conv_index += 1
+                pre = layer(x)
+                x = F.relu(pre)
+                record(features, f"conv{conv_index}.pre", pre)
+                record(features, f"conv{conv_index}", x)
+        pooled = global_avg_pool(x)
+        record(features, "pooled", pooled)
+        logits = self.classifier(pooled)
+        record(features, "logits", logits)
+        return logits

@@ -1,0 +1,78 @@
+"""VGG networks with BatchNorm for small images (Simonyan & Zisserman 2015, "Very Deep
+Convolutional Networks for Large-Scale Image Recognition"), in the CIFAR form used by
+the KD literature (RepDistiller / CRD, mdistiller).
+
+Structure: five blocks of 3x3 conv + BN + ReLU layers, max-pooling between blocks,
+global average pooling and a single ``Linear(512, num_classes)`` -- the 4096-wide
+ImageNet head is dropped.
+
+* ``vgg13``: blocks [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]]
+* ``vgg8``:  blocks [[64], [128], [256], [512], [512]]
+
+Pooling: a 2x2 max-pool follows blocks 1-3. The pool after block 4 is applied only
+when block 4's map is at least 8 px wide (inputs of 64 px and more); this mirrors the
+CIFAR reference code, so on 32x32 inputs block 5 sees 4x4 maps (3x3 on 28x28) rather
+than 2x2. Convolutions have no bias since BN follows each one.
+
+Features: ``blockK.pre`` (the last BN output of block K, before its ReLU) and
+``blockK`` (= relu(blockK.pre), before any pooling) for K = 1..5, then ``pooled``
+(B, 512) and ``logits``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdnb.models.base import FeatureModel, Features, conv_bn, global_avg_pool, init_weights, record
+
+VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "vgg8": ((64,), (128,), (256,), (512,), (512,)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+}
+
+# Below this map width the optional pool after block 4 is skipped (see module docstring).
+MIN_WIDTH_FOR_FOURTH_POOL = 8
+
+
+class VGG(FeatureModel):
+    """VGG-BN for small inputs; ``variant`` is a key of ``VGG_CONFIGS``."""
+
+    def __init__(self, variant: str, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if variant not in VGG_CONFIGS:
+            raise ValueError(f"unknown VGG variant {variant!r}; choose one of: {', '.join(VGG_CONFIGS)}")
+        self.name = variant
+        self.config = {"num_classes": num_classes, "in_channels": in_channels}
+
+        blocks = []
+        width_in = in_channels
+        for widths in VGG_CONFIGS[variant]:
+            layers = []
+            for width in widths:
+                layers.append(conv_bn(width_in, width))
+                width_in = width
+            blocks.append(nn.ModuleList(layers))
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = nn.Linear(width_in, num_classes)
+
+        self.feature_names = tuple(
+            name for k in range(1, len(blocks) + 1) for name in (f"block{k}.pre", f"block{k}")
+        ) + ("pooled", "logits")
+        init_weights(self)
+
+    def _run(self, x: Tensor, features: Features | None) -> Tensor:
+        for index, block in enumerate(self.blocks):
+            for layer_index in range(len(block) - 1):
+                x = F.relu(block[layer_index](x), inplace=True)  # in-place: never exposed
+            pre = block[-1](x)
+            x = F.relu(pre)
+            record(features, f"block{index + 1}.pre", pre)
+            record(features, f"block{index + 1}", x)
+            if index < 3 or (index == 3 and x.shape[-1] >= MIN_WIDTH_FOR_FOURTH_POOL):
+                x = F.max_pool2d(x, 2)
+        pooled = global_avg_pool(x)
+        record(features, "pooled", pooled)
+        logits = self.classifier(pooled)
+        record(features, "logits", logits)
+        return logits

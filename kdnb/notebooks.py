@@ -1,0 +1,182 @@
+"""Headless execution of the chapters (papermill) and the static site (Jupyter Book) built from them."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+EXECUTED = ROOT / "_build" / "executed"
+SITE_SOURCE = ROOT / "_build" / "site-src"
+SITE = ROOT / "_build" / "site"
+
+
+def is_notebook(path: Path) -> bool:
+    """A MyST-Markdown page is a notebook when its front matter names a jupytext format and a kernel."""
+    head = path.read_text(encoding="utf-8")[:600]
+    return head.startswith("---") and "format_name: myst" in head and "kernelspec:" in head
+
+
+def chapters() -> list[Path]:
+    """Every notebook page listed in ``_toc.yml``, in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    pages = [ROOT / f"{name}.md" for name in found]
+    return [p for p in pages if p.exists() and is_notebook(p)]
+
+
+def resolve(names: list[str]) -> list[Path]:
+    """Chapters matching ``names`` (a path, a file stem or a part of it); none means every chapter."""
+    every = chapters()
+    if not names:
+        return every
+    chosen = []
+    for name in names:
+        hits = [p for p in every if Path(name).resolve() == p or name in p.stem or name == str(p.relative_to(ROOT))]
+        if not hits:
+            raise SystemExit(f"no chapter matches {name!r}; chapters: {', '.join(p.stem for p in every)}")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def kernel_environment() -> None:
+    """Make papermill start this interpreter's kernel: a stale user-level ``python3`` kernelspec would win
+    otherwise (``JUPYTER_PATH`` is searched before the user's folder)."""
+    share = Path(sys.prefix) / "share" / "jupyter"
+    if (share / "kernels" / "python3").exists():
+        paths = [str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def executed_path(chapter: Path) -> Path:
+    return EXECUTED / chapter.relative_to(ROOT).with_suffix(".ipynb")
+
+
+@dataclass
+class Outcome:
+    chapter: Path
+    seconds: float
+    error: str | None = None
+
+
+def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
+            timeout: int = 3600) -> Outcome:
+    """Run one chapter with papermill into ``_build/executed/``; errors come back as text, not raised."""
+    import jupytext
+    import papermill as pm
+
+    kernel_environment()
+    out = executed_path(chapter)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {})
+    if profile is not None:
+        params["PROFILE"] = profile
+    env_before = os.environ.get("KDNB_PROGRESS")
+    os.environ.setdefault("KDNB_PROGRESS", "off")  # no progress widgets in pages; the runner prints progress
+    began = time.perf_counter()
+    try:
+        pm.execute_notebook(jupytext.read(chapter), str(out), parameters=params, kernel_name="python3",
+                            cwd=str(chapter.parent), progress_bar=False, execution_timeout=timeout,
+                            start_timeout=120)
+        return Outcome(chapter, time.perf_counter() - began)
+    except pm.PapermillExecutionError as error:
+        head = "\n".join("    " + line for line in error.source.splitlines()[:12])
+        text = (f"cell In[{error.exec_count}] (code cell {error.cell_index}) raised {error.ename}: "
+                f"{error.evalue}\n  source:\n{head}\n  traceback:\n" + "\n".join(error.traceback)
+                + f"\n  executed notebook: {out}")
+        return Outcome(chapter, time.perf_counter() - began, text)
+    finally:
+        if env_before is None:
+            os.environ.pop("KDNB_PROGRESS", None)
+
+
+def run(names: list[str], profile: str | None) -> int:
+    """``python -m kdnb run``: execute chapters, one progress line each; non-zero exit on any failure."""
+    from . import profiles
+
+    chosen = resolve(names)
+    profile_name = profiles.get(profile).name
+    print(f"kdnb run: {len(chosen)} chapter(s) at profile {profile_name!r} -> {EXECUTED.relative_to(ROOT)}/",
+          flush=True)
+    failures = 0
+    for i, chapter in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {chapter.relative_to(ROOT)} ...", end=" ", flush=True)
+        outcome = execute(chapter, profile_name)
+        if outcome.error is None:
+            print(f"ok ({outcome.seconds:.0f} s)", flush=True)
+        else:
+            failures += 1
+            print(f"FAILED ({outcome.seconds:.0f} s)\n{outcome.error}", flush=True)
+    return 1 if failures else 0
+
+
+def _stage_site_source() -> Path:
+    """A copy of the book whose notebook pages are the executed ``.ipynb`` files (Jupyter Book then renders
+    them without executing anything)."""
+    import nbformat
+
+    if SITE_SOURCE.exists():
+        shutil.rmtree(SITE_SOURCE)
+    SITE_SOURCE.mkdir(parents=True)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"] = dict(config.get("execute", {}), execute_notebooks="off")
+    config["exclude_patterns"] = [p for p in config.get("exclude_patterns", []) if "ipynb" not in p
+                                  or "checkpoints" in p]
+    (SITE_SOURCE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copy(ROOT / "_toc.yml", SITE_SOURCE / "_toc.yml")
+    # literalinclude paths in pages are relative to the repository layout.
+    (SITE_SOURCE / "kdnb").symlink_to(ROOT / "kdnb", target_is_directory=True)
+    shutil.copytree(BOOK, SITE_SOURCE / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    problems = []
+    for chapter in chapters():
+        executed = executed_path(chapter)
+        staged = SITE_SOURCE / chapter.relative_to(ROOT)
+        if not executed.exists():
+            problems.append(f"{chapter.relative_to(ROOT)}: not executed yet (run `python -m kdnb run` first)")
+            continue
+        notebook = nbformat.read(executed, as_version=4)
+        errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        if errors:
+            problems.append(f"{chapter.relative_to(ROOT)}: {errors[0]['ename']}: {errors[0]['evalue']}")
+        staged.unlink()
+        shutil.copy(executed, staged.with_suffix(".ipynb"))
+    if problems:
+        raise SystemExit("cannot build the site:\n  " + "\n  ".join(problems))
+    return SITE_SOURCE
+
+
+def site(profile: str | None = None, execute_missing: bool = True) -> int:
+    """``python -m kdnb site``: build the HTML book from the executed chapters (running any that are
+    missing first); fails on any notebook error or build error."""
+    if execute_missing:
+        missing = [c for c in chapters() if not executed_path(c).exists()]
+        if missing and run([str(c) for c in missing], profile):
+            return 1
+    source = _stage_site_source()
+    if SITE.exists():
+        shutil.rmtree(SITE)
+    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(source), "--path-output", str(SITE)]
+    print("kdnb site:", " ".join(command), flush=True)
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode == 0:
+        print(f"kdnb site: open {SITE / '_build' / 'html' / 'index.html'}")
+    return result.returncode

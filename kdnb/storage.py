@@ -1,0 +1,93 @@
+"""Atomic, checksummed files for the run cache.
+
+Every file written here gets a ``<name>.sha256`` sidecar. A reader recomputes the digest and raises
+:class:`CorruptFile` on any mismatch, so a truncated or damaged checkpoint is redone, never silently used.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CorruptFile(RuntimeError):
+    """A cached file is missing its checksum, is truncated, or does not match its checksum."""
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically, then its sha256 sidecar (the sidecar last: it marks the file complete)."""
+    path = Path(path)
+    _sidecar(path).unlink(missing_ok=True)
+    _atomic_write_bytes(path, data)
+    _atomic_write_bytes(_sidecar(path), hashlib.sha256(data).hexdigest().encode() + b"\n")
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """Read a file written by :func:`write_bytes`, verifying its checksum."""
+    path = Path(path)
+    side = _sidecar(path)
+    if not path.exists() or not side.exists():
+        raise CorruptFile(f"{path}: file or its checksum is missing (interrupted write?)")
+    data = path.read_bytes()
+    expected = side.read_text().strip()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptFile(f"{path}: checksum mismatch ({len(data)} bytes); the file is damaged")
+    return data
+
+
+def remove(path: str | Path) -> None:
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
+def exists(path: str | Path) -> bool:
+    path = Path(path)
+    return path.exists() and _sidecar(path).exists()
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True`` after verifying its checksum."""
+    data = read_bytes(path)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # a file that hashes right but does not unpickle is still unusable
+        raise CorruptFile(f"{path}: cannot be loaded ({error})") from error
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_json(path: str | Path) -> Any:
+    return json.loads(read_bytes(path))
