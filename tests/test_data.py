@@ -186,6 +186,7 @@ def test_cifar10_loader_reads_real_format(tmp_path, cifar_md5_off):
     train = data.dataset("cifar10", "train", root=tmp_path)
     images, labels = data.as_tensors(train)
     assert torch.equal(images, _as_nchw(np.concatenate(train_rows))) and labels.tolist() == train_labels
+    assert images.is_contiguous()  # CIFAR is stored HWC; batches want a plain NCHW tensor
     assert tuple(train.classes) == data.info("cifar10").class_names
     images, labels = data.as_tensors(data.dataset("cifar10", "test", root=tmp_path))
     assert torch.equal(images, _as_nchw(test_rows)) and labels.tolist() == test_labels
@@ -327,7 +328,8 @@ def test_stratified_subset_properties():
 # ------------------------------------------------------------------------------------------------- batches
 
 def _uint8_images(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=generator)
 
 
 def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:

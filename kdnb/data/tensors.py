@@ -57,10 +57,12 @@ def as_tensors(ds: Dataset, indices: Tensor | Sequence[int] | None = None) -> tu
     if arrays is not None:
         images, labels = arrays
         if picked is None:
-            return images.contiguous().clone(), labels.clone()
+            return images.clone(memory_format=torch.contiguous_format), labels.clone()
         return images[picked].contiguous(), labels[picked]
     positions = range(len(ds)) if picked is None else picked.tolist()
     items = [ds[i] for i in positions]
-    images = torch.stack([_image_to_uint8_chw(image) for image, _ in items]) if items else torch.empty(0, dtype=torch.uint8)
+    if not items:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    images = torch.stack([_image_to_uint8_chw(image) for image, _ in items])
     labels = torch.tensor([int(label) for _, label in items], dtype=torch.long)
     return images, labels

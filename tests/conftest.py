@@ -1,0 +1,65 @@
+"""Shared set-up for the notebook and site tests.
+
+The environment is fixed here, at import time, before any kernel starts (kernels inherit it):
+
+- ``KDNB_RUNS`` points to a fresh temporary folder, so the smoke runs really train and never reuse (or fill)
+  the user's ``runs/``;
+- ``KDNB_PROGRESS=off``: no progress bars in the executed notebooks;
+- ``MPLBACKEND`` is removed: with a non-inline backend (``agg``) the kernels would emit no figures;
+- ``OMP_NUM_THREADS`` is left as it is.
+
+The executed notebooks and the site go to ``_build/test/`` instead of ``_build/executed/`` and ``_build/site/``
+(the module paths of :mod:`kdnb.notebooks` are redirected for the session), so ``make test`` never replaces
+the book-profile pages that ``make book`` built with smoke-profile ones. ``_build/test/`` is kept after the
+session for inspection.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_RUNS = Path(tempfile.mkdtemp(prefix="kdnb-test-runs-"))
+os.environ["KDNB_RUNS"] = str(_RUNS)
+os.environ["KDNB_PROGRESS"] = "off"
+os.environ.pop("MPLBACKEND", None)
+
+from kdnb import notebooks  # noqa: E402  (after the environment is set)
+
+TEST_BUILD = notebooks.ROOT / "_build" / "test"
+SMOKE_CELL_TIMEOUT = 900  # seconds per cell; a smoke chapter takes about a minute in all
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_RUNS, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_build_dirs():
+    """Executed notebooks and the site of this session live under ``_build/test/``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(notebooks, "EXECUTED", TEST_BUILD / "executed")
+        mp.setattr(notebooks, "SITE_SOURCE", TEST_BUILD / "site-src")
+        mp.setattr(notebooks, "SITE", TEST_BUILD / "site")
+        yield TEST_BUILD
+
+
+@pytest.fixture(scope="session")
+def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
+    """Every chapter of ``_toc.yml`` executed once at profile ``smoke`` (widgets on): {chapter: Outcome}.
+
+    Shared by the notebook and the site tests, so each chapter runs once per session.
+    """
+    executed = notebooks.EXECUTED
+    if executed.exists():
+        shutil.rmtree(executed)  # a notebook left by an earlier session must not stand in for this one
+    outcomes = {}
+    for chapter in notebooks.chapters():
+        outcomes[chapter] = notebooks.execute(chapter, "smoke", {"SHOW_WIDGETS": True},
+                                              timeout=SMOKE_CELL_TIMEOUT)
+        print(f"smoke run {chapter.relative_to(notebooks.ROOT)}: {outcomes[chapter].seconds:.0f} s"
+              + ("" if outcomes[chapter].error is None else " FAILED"))
+    return outcomes
