@@ -46,6 +46,17 @@ def _frozen_items(values: Any) -> tuple[tuple[str, Any], ...]:
     return items
 
 
+def _canonical_numbers(value: Any) -> Any:
+    """Whole floats as ints, so that ``temperature=4`` and ``temperature=4.0`` name the same run."""
+    if isinstance(value, dict):
+        return {k: _canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines a training run, and nothing else (no paths, no device).
@@ -94,7 +105,8 @@ class RunSpec:
 
     def key(self) -> str:
         """Stable hash of the spec (and the cache version): the run's folder name."""
-        canonical = json.dumps({"version": CACHE_VERSION, "spec": self.to_dict()}, sort_keys=True)
+        canonical = json.dumps({"version": CACHE_VERSION, "spec": _canonical_numbers(self.to_dict())},
+                               sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> "RunSpec":
@@ -224,8 +236,8 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
         teacher = None
         if spec.teacher is not None:
             teacher = train_or_load(spec.teacher, root=root, device=device).model(device=device)
-        storage.save_json(spec.to_dict(), path / "spec.json")
         method = distill.create(spec.method, build_model(spec), teacher, **dict(spec.method_args))
+        storage.save_json(spec.to_dict(), path / "spec.json")
         trainer = Trainer(method, batches(spec, "train", device), spec.schedule, seed=spec.seed,
                           evaluation=batches(spec, "test", device), device=device,
                           probes=[probes.create(p) for p in spec.probes], run_dir=path, desc=spec.label)

@@ -223,7 +223,8 @@ class Trainer:
                     continue
                 optimizer = self._optimizer(stage)
                 if optimizer_state is not None:
-                    optimizer.load_state_dict(optimizer_state)
+                    if start_epoch > first:  # resuming inside this stage; a new stage starts a fresh optimizer
+                        optimizer.load_state_dict(optimizer_state)
                     optimizer_state = None
                 for epoch in range(max(first, start_epoch), first + length):
                     metrics = self._train_epoch(epoch, stage, first, length, optimizer, bar)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -58,8 +60,14 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
         shutil.rmtree(executed)  # a notebook left by an earlier session must not stand in for this one
     outcomes = {}
     for chapter in notebooks.chapters():
-        outcomes[chapter] = notebooks.execute(chapter, "smoke", {"SHOW_WIDGETS": True},
-                                              timeout=SMOKE_CELL_TIMEOUT)
+        began = time.perf_counter()
+        try:
+            outcomes[chapter] = notebooks.execute(chapter, "smoke", {"SHOW_WIDGETS": True},
+                                                  timeout=SMOKE_CELL_TIMEOUT)
+        except Exception as error:  # execute() should report, not raise (test_notebooks checks that)
+            outcomes[chapter] = notebooks.Outcome(chapter, time.perf_counter() - began,
+                                                  f"execute() raised {type(error).__name__}: {error}\n"
+                                                  + traceback.format_exc())
         print(f"smoke run {chapter.relative_to(notebooks.ROOT)}: {outcomes[chapter].seconds:.0f} s"
               + ("" if outcomes[chapter].error is None else " FAILED"))
     return outcomes

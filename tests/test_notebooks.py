@@ -372,5 +372,32 @@ def test_runner_names_the_failing_chapter(broken_chapter: Path, tmp_path, monkey
     assert "ZeroDivisionError" in printed and "ratio = numerator / 0" in printed
 
 
+def chapter_with_cell(tmp_path: Path, source: str) -> Path:
+    path = tmp_path / "chapter.md"
+    path.write_text(BROKEN.replace("numerator = 1\nratio = numerator / 0", source), encoding="utf-8")
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_dead_kernel_is_reported_not_raised(tmp_path, monkeypatch):
+    """A kernel that dies (out of memory, a crash in native code) is a failed chapter like any other: the runner
+    must report it and go on with the next chapter, not stop with nbclient's DeadKernelError."""
+    chapter = chapter_with_cell(tmp_path, "import os\nos._exit(1)")
+    monkeypatch.setattr(notebooks, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
+    outcome = notebooks.execute(chapter, "smoke")
+    assert outcome.error is not None
+    assert "died" in outcome.error.lower() or "DeadKernel" in outcome.error
+
+
+@pytest.mark.timeout(300)
+def test_cell_timeout_is_reported_not_raised(tmp_path, monkeypatch):
+    chapter = chapter_with_cell(tmp_path, "import time\ntime.sleep(60)")
+    monkeypatch.setattr(notebooks, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
+    outcome = notebooks.execute(chapter, "smoke", timeout=3)
+    assert outcome.error is not None
+    assert "time" in outcome.error.lower()  # "timed out", "Timeout"
+    assert outcome.seconds < 50
+
+
 def strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)

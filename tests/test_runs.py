@@ -1,7 +1,6 @@
 """Tests for kdnb.runs (RunSpec hashing, the run cache, corruption handling, teachers) and kdnb.storage."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

@@ -293,9 +293,6 @@ def test_resume_after_keyboard_interrupt_equals_uninterrupted(tmp_path, method_c
                           storage.load_torch(reference.checkpoint_path(epoch))["student"])
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, AssertionError),
-                   reason="bug: Trainer.fit loads the previous stage's optimizer state when resuming exactly "
-                          "at a stage boundary (param groups differ -> ValueError; else stale momentum)")
 def test_resume_at_stage_boundary_equals_uninterrupted(tmp_path):
     spec = tiny_spec(schedule=Schedule(epochs=3, batch_size=16, lr=0.05))
     reference = make_trainer(spec, method_cls=TwoStages, run_dir=tmp_path / "b")
