@@ -21,12 +21,13 @@ def plain(value: Any) -> Any:
     return value
 
 
-def glue(name: str, value: Any, display: bool = False) -> Any:
-    """Store ``value`` under ``name`` for ``{glue:text}`` references (numbers made plain first)."""
-    value = plain(value)
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Store ``value`` under ``name`` for ``{glue:text}`` references (numbers made plain first).
+
+    Returns nothing, so that a cell ending in ``glue(...)`` shows no stray value on the page.
+    """
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # running outside the book's environment
-        return value
-    myst_glue(name, value, display=display)
-    return value
+        return
+    myst_glue(name, plain(value), display=display)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,14 @@ def kernel_environment() -> None:
 
 
 def executed_path(chapter: Path) -> Path:
-    return EXECUTED / chapter.relative_to(ROOT).with_suffix(".ipynb")
+    chapter = Path(chapter).resolve()
+    relative = chapter.relative_to(ROOT) if chapter.is_relative_to(ROOT) else Path(chapter.name)
+    return EXECUTED / relative.with_suffix(".ipynb")
+
+
+def _plain_text(text: str) -> str:
+    """Tracebacks without ANSI colour codes, for logs."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 @dataclass
@@ -83,6 +91,7 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
     """Run one chapter with papermill into ``_build/executed/``; errors come back as text, not raised."""
     import jupytext
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     kernel_environment()
     out = executed_path(chapter)
@@ -100,10 +109,13 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
         return Outcome(chapter, time.perf_counter() - began)
     except pm.PapermillExecutionError as error:
         head = "\n".join("    " + line for line in error.source.splitlines()[:12])
-        text = (f"cell In[{error.exec_count}] (code cell {error.cell_index}) raised {error.ename}: "
+        text = (f"cell In[{error.exec_count}] (notebook cell {error.cell_index}) raised {error.ename}: "
                 f"{error.evalue}\n  source:\n{head}\n  traceback:\n" + "\n".join(error.traceback)
                 + f"\n  executed notebook: {out}")
-        return Outcome(chapter, time.perf_counter() - began, text)
+        return Outcome(chapter, time.perf_counter() - began, _plain_text(text))
+    except (CellTimeoutError, DeadKernelError) as error:  # papermill wraps only cell errors
+        return Outcome(chapter, time.perf_counter() - began,
+                       f"{type(error).__name__}: {_plain_text(str(error))}\n  executed notebook (partial): {out}")
     finally:
         if env_before is None:
             os.environ.pop("KDNB_PROGRESS", None)

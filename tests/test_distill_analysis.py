@@ -266,6 +266,11 @@ def test_verdict_for_improvement():
     # From real data: a consistent improvement over 3 seeds is reproduced.
     assert verdict_for_improvement(paired([0.80, 0.81, 0.82], [0.70, 0.70, 0.72])) == REPRODUCED
     assert verdict_for_improvement(paired([0.70, 0.70, 0.72], [0.80, 0.81, 0.82])) == NOT_REPRODUCED
+    # Two pairs are too few for a verdict, however clear they look.
+    assert verdict_for_improvement(_comparison(0.01, 0.05, n=2)) == INCONCLUSIVE
+    # Identical differences (zero spread) give a zero-width interval: no evidence about seed variation.
+    assert verdict_for_improvement(paired([0.24, 0.24, 0.24], [0.10, 0.10, 0.10])) == INCONCLUSIVE
+    assert verdict_for_improvement(paired([0.10, 0.10, 0.10], [0.24, 0.24, 0.24])) == INCONCLUSIVE
 
 
 def test_claims_and_ledger():
@@ -352,8 +357,17 @@ def test_glue_plain_leaves_other_values():
     text, arr = "91.2 ± 0.3", np.array([1.0, 2.0])
     assert glue.plain(text) is text
     assert glue.plain(arr) is arr
-    assert glue.glue("kdnb_test_value", np.float64(0.125)) == 0.125
-    assert type(glue.glue("kdnb_test_value", np.float64(0.125))) is float
+
+
+def test_glue_hands_myst_nb_plain_values_and_shows_nothing(monkeypatch):
+    import myst_nb
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: stored.update({name: (value, display)}))
+    # None: a cell ending in glue(...) must not print a stray value on the page.
+    assert glue.glue("kdnb_test_value", np.float64(0.125)) is None
+    value, display = stored["kdnb_test_value"]
+    assert value == 0.125 and type(value) is float and display is False
 
 
 # ------------------------------------------------------------------------------------------------- bench

@@ -10,16 +10,19 @@ from .stats import PairedComparison
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive at this scale"
+MIN_PAIRS = 3  # with two pairs the t-interval has one degree of freedom: too few to call a verdict
 
 
 def verdict_for_improvement(comparison: PairedComparison) -> str:
     """Verdict on a claim "A improves on B" from the paired differences A − B.
 
     Reproduced when the whole confidence interval is above zero, not reproduced when it is wholly below
-    zero (we measured the opposite), inconclusive otherwise — including every case with fewer than two pairs.
+    zero (we measured the opposite), inconclusive otherwise. Also inconclusive: fewer than
+    ``MIN_PAIRS`` pairs, or pairs without any spread (identical differences give a zero-width interval that
+    says nothing about seed-to-seed variation, as happens when barely trained networks all predict one class).
     """
     d = comparison.difference
-    if d.n < 2:
+    if d.n < MIN_PAIRS or not d.std > 0:
         return INCONCLUSIVE
     if d.ci_low > 0:
         return REPRODUCED
