@@ -30,4 +30,11 @@ def glue(name: str, value: Any, display: bool = False) -> None:
         from myst_nb import glue as myst_glue
     except ImportError:  # running outside the book's environment
         return
-    myst_glue(name, plain(value), display=display)
+    value = plain(value)
+    if isinstance(value, str):
+        # A string's text/plain is its repr ('Dress', quotes included); as Markdown it reads as prose.
+        # Refer to it with {glue:md}`name`.
+        from IPython.display import Markdown
+
+        value = Markdown(value)
+    myst_glue(name, value, display=display)

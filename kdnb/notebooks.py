@@ -141,6 +141,26 @@ def run(names: list[str], profile: str | None) -> int:
     return 1 if failures else 0
 
 
+def _bundle_mathjax(config: dict) -> None:
+    """Serve MathJax from the site itself (the copy that ships in ``jupyter-server-mathjax``), so equations
+    render for readers without internet access; Sphinx would otherwise load it from a CDN."""
+    import jupyter_server_mathjax
+
+    # html_extra_path, not _static: Jupyter Book adds every .js under _static to every page as a <script>.
+    extra = SITE_SOURCE / "_extra"
+    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", extra / "mathjax")
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_config["html_extra_path"] = ["_extra"]
+    # mathjax_path is relative to _static/ in the built site.
+    sphinx_config["mathjax_path"] = "../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+    # That copy is MathJax 2: MyST's MathJax 3 settings do not apply, so tell v2 itself to typeset the math
+    # spans inside the page sections that MyST marks tex2jax_ignore.
+    sphinx_config["myst_update_mathjax"] = False
+    sphinx_config["mathjax2_config"] = {"tex2jax": {
+        "processClass": "tex2jax_process|mathjax_process|math|output_area",
+        "inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True}}
+
+
 def _stage_site_source() -> Path:
     """A copy of the book whose notebook pages are the executed ``.ipynb`` files (Jupyter Book then renders
     them without executing anything)."""
@@ -153,6 +173,7 @@ def _stage_site_source() -> Path:
     config["execute"] = dict(config.get("execute", {}), execute_notebooks="off")
     config["exclude_patterns"] = [p for p in config.get("exclude_patterns", []) if "ipynb" not in p
                                   or "checkpoints" in p]
+    _bundle_mathjax(config)
     (SITE_SOURCE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copy(ROOT / "_toc.yml", SITE_SOURCE / "_toc.yml")
     # literalinclude paths in pages are relative to the repository layout.

@@ -195,8 +195,11 @@ def glued(notebook) -> dict[str, object]:
         name = output.get("metadata", {}).get("scrapbook", {}).get("name")
         if not name:
             continue
-        data = output.get("data", {})
-        text = data.get("text/plain", data.get("application/papermill.record/text/plain"))
+        data = {k.removeprefix("application/papermill.record/"): v for k, v in output.get("data", {}).items()}
+        if "text/markdown" in data:  # kdnb.glue stores strings as Markdown (read with {glue:md})
+            values[name] = data["text/markdown"]
+            continue
+        text = data.get("text/plain")
         assert text is not None, f"glued {name!r} has no text/plain"
         try:
             values[name] = ast.literal_eval(text)

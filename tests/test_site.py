@@ -139,7 +139,8 @@ def pages() -> list[tuple[str, Path | None]]:
 def test_page_in_browser(path: str, chapter: Path | None, server: str, built_site: Path, tmp_path):
     chromium()
     url = urljoin(server, path)
-    dom = browse(url, tmp_path / "chromium", "--dump-dom").stdout
+    # The virtual time budget lets MathJax (served by the site itself) typeset before the DOM is dumped.
+    dom = browse(url, tmp_path / "chromium", "--virtual-time-budget=10000", "--dump-dom").stdout
     assert "<body" in dom, f"chromium returned no DOM for {url}"
     soup = BeautifulSoup(dom, "html.parser")
 
@@ -156,6 +157,11 @@ def test_page_in_browser(path: str, chapter: Path | None, server: str, built_sit
 
     if chapter is None:
         return
+    # Equations must render offline: every math span typeset by the MathJax copy bundled with the site.
+    maths = soup.select("span.math.notranslate, div.math.notranslate")  # MathJax 2 adds span.math of its own
+    assert maths, f"{path}: no equations found (the chapter has some)"
+    raw = [m.get_text()[:60] for m in maths if not m.select(".MathJax, .MathJax_Display, script")]
+    assert not raw, f"{path}: {len(raw)} of {len(maths)} equations not typeset, e.g. {raw[:3]}"
     pngs = []
     for img in soup.find_all("img"):
         src = img.get("src", "")
