@@ -156,6 +156,24 @@ class Run:
         return net.to(device if device is not None else default_device()).eval()
 
 
+    def network(self, name: str, device: torch.device | str | None = None) -> nn.Module:
+        """Another trained network of the method, by attribute name (e.g. DML's ``"peer"``), final weights,
+        in eval mode."""
+        from . import device as default_device
+
+        if name == "student":
+            return self.model(device=device)
+        try:
+            method = distill.create(self.spec.method, build_model(self.spec), None, **dict(self.spec.method_args))
+        except ValueError as error:
+            raise ValueError(f"run {self.spec.label} has no network {name!r} ({error})") from error
+        if not isinstance(getattr(method, name, None), nn.Module):
+            extras = [n for n, _ in method.named_children()]
+            raise ValueError(f"run {self.spec.label} has no network {name!r}; it has: {', '.join(extras)}")
+        method.load_state_dict(storage.load_torch(self.path / "final.pt")["method"])
+        return getattr(method, name).to(device if device is not None else default_device()).eval()
+
+
 def build_model(spec: RunSpec) -> nn.Module:
     """The student network of ``spec``, initialised from ``spec.seed``."""
     info = data.info(spec.dataset)
@@ -243,7 +261,8 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
                           probes=[probes.create(p) for p in spec.probes], run_dir=path, desc=spec.label)
         began = time.perf_counter()
         history = trainer.fit()
-        storage.save_torch({"student": method.student.state_dict()}, path / "final.pt")
+        storage.save_torch({"student": method.student.state_dict(), "method": method.state_dict()},
+                           path / "final.pt")
         final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
         metrics = {"history": history, "final": final, "device": str(device),
                    "wall_time_s": time.perf_counter() - began,

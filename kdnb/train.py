@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import storage
-from .distill.base import Method, Stage
+from .distill.base import Method, Stage, Update
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 
@@ -169,23 +169,29 @@ class Trainer:
     def checkpoint_path(self, epoch: int) -> Path:
         return self.run_dir / "ckpt" / f"epoch_{epoch:03d}.pt"
 
-    def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        frozen = stage.frozen
-        params = [p for name, p in self.method.named_parameters()
-                  if p.requires_grad and not any(name.startswith(prefix) for prefix in frozen)]
-        if not params:
-            raise ValueError(f"stage {stage.name!r} leaves no parameter to train")
+    def _optimizers(self, stage: Stage) -> list[tuple[Update, torch.optim.Optimizer]]:
+        """One SGD optimiser per update of the method, over its parameters that this stage does not freeze."""
         s = self.schedule
-        return torch.optim.SGD(params, lr=s.lr * stage.lr_scale, momentum=s.momentum,
-                               nesterov=s.nesterov and s.momentum > 0, weight_decay=s.weight_decay)
+        optimizers = []
+        for update in self.method.updates():
+            params = [p for name, p in self.method.named_parameters()
+                      if p.requires_grad and not any(name.startswith(prefix) for prefix in stage.frozen)
+                      and (not update.prefixes or any(name.startswith(prefix) for prefix in update.prefixes))]
+            if params:
+                optimizers.append((update, torch.optim.SGD(
+                    params, lr=s.lr * stage.lr_scale, momentum=s.momentum,
+                    nesterov=s.nesterov and s.momentum > 0, weight_decay=s.weight_decay)))
+        if not optimizers:
+            raise ValueError(f"stage {stage.name!r} leaves no parameter to train")
+        return optimizers
 
-    def _save_state(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+    def _save_state(self, epoch: int, optimizers: list[tuple[Update, torch.optim.Optimizer]]) -> None:
         if self.state_path is None:
             return
         storage.save_torch({
             "epoch": epoch,
             "method": self.method.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizers": {update.name: optimizer.state_dict() for update, optimizer in optimizers},
             "history": self.history,
             "probes": [p.state_dict() for p in self.probes],
         }, self.state_path)
@@ -202,7 +208,7 @@ class Trainer:
         self.history = list(state["history"])
         for probe, probe_state in zip(self.probes, state["probes"]):
             probe.load_state_dict(probe_state)
-        return int(state["epoch"]), state["optimizer"]
+        return int(state["epoch"]), state["optimizers"]
 
     def _save_checkpoint(self, epoch: int) -> None:
         if self.run_dir is not None and epoch in self.schedule.checkpoints:
@@ -221,16 +227,17 @@ class Trainer:
             for stage, first, length in self.plan:
                 if first + length <= start_epoch:
                     continue
-                optimizer = self._optimizer(stage)
+                optimizers = self._optimizers(stage)
                 if optimizer_state is not None:
                     if start_epoch > first:  # resuming inside this stage; a new stage starts a fresh optimizer
-                        optimizer.load_state_dict(optimizer_state)
+                        for update, optimizer in optimizers:
+                            optimizer.load_state_dict(optimizer_state[update.name])
                     optimizer_state = None
                 for epoch in range(max(first, start_epoch), first + length):
-                    metrics = self._train_epoch(epoch, stage, first, length, optimizer, bar)
+                    metrics = self._train_epoch(epoch, stage, first, length, optimizers, bar)
                     self.history.append(metrics)
                     self._save_checkpoint(epoch + 1)
-                    self._save_state(epoch + 1, optimizer)
+                    self._save_state(epoch + 1, optimizers)
                     if self.on_epoch_end is not None:
                         self.on_epoch_end(metrics)
         finally:
@@ -238,7 +245,7 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, epoch: int, stage: Stage, first: int, length: int,
-                     optimizer: torch.optim.Optimizer, bar) -> dict:
+                     optimizers: list[tuple[Update, torch.optim.Optimizer]], bar) -> dict:
         torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout etc.: same stream on resume
         self.method.train()
         steps = len(self.train_batches)
@@ -248,25 +255,30 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_batches.batches(epoch, self.seed)):
             progress = ((epoch - first) * steps + step) / (length * steps)
             lr = self.schedule.lr_at(progress) * stage.lr_scale
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            logits, terms = self.method(x, y)
-            if stage.terms is not None:
-                terms = {k: v for k, v in terms.items() if k in stage.terms}
-            total = sum(terms.values())
-            if not torch.isfinite(total):
-                values = ", ".join(f"{k}={v.item():.6g}" for k, v in terms.items())
-                raise NonFiniteLoss(f"{self.desc}: non-finite loss at epoch {epoch + 1}, step {step + 1} "
-                                    f"(stage {stage.name!r}, lr {lr:.4g}): total={total.item()}, {values}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            batch = y.numel()
+            for index, (update, optimizer) in enumerate(optimizers):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits, terms = self.method.update_losses(update.name, x, y)
+                if index == 0:  # training accuracy is the first update's network (the student)
+                    correct += (logits.argmax(1) == y).sum().item()
+                if stage.terms is not None:
+                    terms = {k: v for k, v in terms.items() if k in stage.terms}
+                if not terms:
+                    continue
+                total = sum(terms.values())
+                if not torch.isfinite(total):
+                    values = ", ".join(f"{k}={v.item():.6g}" for k, v in terms.items())
+                    raise NonFiniteLoss(f"{self.desc}: non-finite loss at epoch {epoch + 1}, step {step + 1} "
+                                        f"(stage {stage.name!r}, update {update.name!r}, lr {lr:.4g}): "
+                                        f"total={total.item()}, {values}")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + v.item() * batch
             for probe in self.probes:
                 probe.after_step(self.method)
-            batch = y.numel()
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0.0) + v.item() * batch
-            correct += (logits.argmax(1) == y).sum().item()
             count += batch
             bar.update(1)
         metrics = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "train_time_s": time.perf_counter() - began}
@@ -274,8 +286,10 @@ class Trainer:
         metrics.update({f"train_{k}": v / count for k, v in term_sums.items()})
         metrics["train_acc"] = correct / count
         if self.evaluation is not None:
-            result = evaluate(self.method.student, self.evaluation.batches(0, 0))
-            metrics.update(test_loss=result["loss"], test_acc=result["acc"])
+            for name, network in self.method.evaluated().items():
+                result = evaluate(network, self.evaluation.batches(0, 0))
+                prefix = f"{name}_" if name else ""
+                metrics.update({f"{prefix}test_loss": result["loss"], f"{prefix}test_acc": result["acc"]})
         for probe in self.probes:
             metrics.update(probe.epoch_metrics())
         bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['train_loss']:.3f}",

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Method, Stage
+from .base import Method, Stage, Update
 from .kd import CE, KD, kd_divergence, soft_targets
+from .mutual import DML
 
-METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD}
+METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
 
-__all__ = ["Method", "Stage", "CE", "KD", "METHODS", "create", "available", "kd_divergence", "soft_targets"]
+__all__ = ["Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "create", "available", "kd_divergence",
+           "soft_targets"]
 
 
 def available() -> list[str]:

@@ -28,6 +28,18 @@ class Stage:
     lr_scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class Update:
+    """One optimiser step per batch, over the method's parameters under ``prefixes`` (all when empty).
+
+    Most methods have one. Methods over several networks (DML) declare one per network; the trainer runs
+    them in order on every batch, so a later update sees the networks the earlier ones just changed.
+    """
+
+    name: str
+    prefixes: tuple[str, ...] = ()
+
+
 class Method(nn.Module):
     """Base class: plain supervised training of ``student`` unless a subclass says otherwise."""
 
@@ -57,6 +69,18 @@ class Method(nn.Module):
 
     def stages(self, epochs: int) -> list[Stage]:
         return [Stage("train", epochs)]
+
+    def updates(self) -> list[Update]:
+        return [Update("train")]
+
+    def update_losses(self, update: str, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and loss terms of one update; single-update methods just run :meth:`forward`."""
+        return self(x, y)
+
+    def evaluated(self) -> dict[str, nn.Module]:
+        """Networks whose test metrics the trainer records: ``""`` → ``test_acc``, ``"peer"`` →
+        ``peer_test_acc``."""
+        return {"": self.student}
 
     def to(self, *args, **kwargs) -> "Method":
         super().to(*args, **kwargs)

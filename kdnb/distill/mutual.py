@@ -1,0 +1,57 @@
+"""Deep mutual learning: two networks trained together, each from labels and from the other."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import models
+from .base import Method, Update
+from .kd import kd_divergence
+
+
+class DML(Method):
+    """Zhang et al. (2018), Eq. 10–11: each network minimises
+    :math:`\\mathrm{CE}(y, p_k) + D_{KL}(p_{\\text{other}} \\| p_k)`.
+
+    The two networks are updated alternately on every batch (their Algorithm 1): first the student against the
+    peer's current prediction, then the peer against the student's *updated* prediction. The peer is built with
+    ``models.create(peer, ...)`` like the student; ``temperature`` softens both sides (1 in the paper).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, peer: str | None = None,
+                 temperature: float = 1.0) -> None:
+        super().__init__(student, None)
+        if teacher is not None:
+            raise ValueError("DML trains its peer alongside the student; it takes no teacher run")
+        config = dict(getattr(student, "config", {}))
+        name = peer or getattr(student, "name", None)
+        if name is None:
+            raise ValueError("DML needs a peer model name (method_args={'peer': 'resnet20'})")
+        self.peer = models.create(name, num_classes=config.get("num_classes", 10),
+                                  in_channels=config.get("in_channels", 3))
+        self.temperature = float(temperature)
+
+    def updates(self) -> list[Update]:
+        return [Update("student", ("student.",)), Update("peer", ("peer.",))]
+
+    def _mutual(self, network: nn.Module, other: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits = network(x)
+        with torch.no_grad():
+            other_logits = other(x)
+        return logits, F.cross_entropy(logits, y), kd_divergence(logits, other_logits, self.temperature)
+
+    def update_losses(self, update: str, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if update == "student":
+            logits, ce, kl = self._mutual(self.student, self.peer, x, y)
+            return logits, {"ce": ce, "kl": kl}
+        logits, ce, kl = self._mutual(self.peer, self.student, x, y)
+        return logits, {"peer_ce": ce, "peer_kl": kl}
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Both losses from one forward pass (for inspection; training uses the alternating updates)."""
+        logits, terms = self.update_losses("student", x, y)
+        return logits, {**terms, **self.update_losses("peer", x, y)[1]}
+
+    def evaluated(self) -> dict[str, nn.Module]:
+        return {"": self.student, "peer": self.peer}

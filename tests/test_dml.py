@@ -1,0 +1,140 @@
+"""Deep mutual learning: the multi-update path of the trainer (two networks, two optimisers, alternating)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdnb import distill, runs
+from kdnb.distill.base import Stage
+from kdnb.distill.kd import kd_divergence
+from kdnb.train import Schedule, Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-for-bit comparisons need a fixed reduction order
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_spec(epochs: int = 2, **changes) -> runs.RunSpec:
+    schedule = changes.pop("schedule", None) or Schedule(epochs=epochs, batch_size=16, lr=0.05)
+    return runs.RunSpec("fashion_mnist", "resnet8", schedule, method="dml", method_args={"peer": "resnet8"},
+                        train_per_class=4, test_per_class=2, **changes)
+
+
+def make_dml(spec: runs.RunSpec) -> distill.DML:
+    return distill.create("dml", runs.build_model(spec), None, **dict(spec.method_args))
+
+
+def sgd(params, schedule: Schedule) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, nesterov=True,
+                           weight_decay=schedule.weight_decay)
+
+
+def test_alternating_updates_match_algorithm_1_by_hand():
+    """One epoch of the trainer equals: per batch, update the student against the peer's prediction, then the
+    peer against the student's *updated* prediction (Zhang et al. 2018, Algorithm 1)."""
+    spec = tiny_spec(epochs=1, schedule=Schedule(epochs=1, batch_size=16, lr=0.05, lr_schedule="constant"))
+    method = make_dml(spec)
+    by_hand = copy.deepcopy(method)
+    batches = runs.batches(spec, "train", "cpu")
+    Trainer(method, batches, spec.schedule, seed=spec.seed, device="cpu").fit()
+
+    student, peer = by_hand.student, by_hand.peer
+    opt_student, opt_peer = sgd(student.parameters(), spec.schedule), sgd(peer.parameters(), spec.schedule)
+    student.train(), peer.train()
+    for x, y in batches.batches(0, spec.seed):
+        for net, other, opt in ((student, peer, opt_student), (peer, student, opt_peer)):
+            logits = net(x)
+            with torch.no_grad():
+                other_logits = other(x)
+            loss = F.cross_entropy(logits, y) + kd_divergence(logits, other_logits, 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for mine, theirs in zip(method.state_dict().values(), by_hand.state_dict().values()):
+        assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-5)
+
+
+def test_simultaneous_update_would_differ():
+    """Guard for the test above: updating both from the same forward pass gives other weights."""
+    spec = tiny_spec(epochs=1, schedule=Schedule(epochs=1, batch_size=16, lr=0.05, lr_schedule="constant"))
+    method = make_dml(spec)
+    simultaneous = copy.deepcopy(method)
+    batches = runs.batches(spec, "train", "cpu")
+    Trainer(method, batches, spec.schedule, seed=spec.seed, device="cpu").fit()
+    opt = sgd(simultaneous.parameters(), spec.schedule)
+    simultaneous.train()
+    for x, y in batches.batches(0, spec.seed):
+        _, terms = simultaneous(x, y)
+        opt.zero_grad()
+        sum(terms.values()).backward()
+        opt.step()
+    peer_a, peer_b = method.peer.state_dict(), simultaneous.peer.state_dict()
+    assert any(not torch.allclose(peer_a[k].float(), peer_b[k].float()) for k in peer_a)
+
+
+def test_dml_resumes_both_optimizers(tmp_path):
+    spec = tiny_spec(epochs=3)
+
+    def trainer(run_dir, **kwargs):
+        return Trainer(make_dml(spec), runs.batches(spec, "train", "cpu"), spec.schedule, seed=spec.seed,
+                       device="cpu", run_dir=run_dir, **kwargs)
+
+    reference = trainer(tmp_path / "a")
+    reference.fit()
+
+    def stop_after_two(metrics):
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "b", on_epoch_end=stop_after_two).fit()
+    resumed = trainer(tmp_path / "b")
+    resumed.fit()
+    for k, v in reference.method.state_dict().items():
+        assert torch.equal(v, resumed.method.state_dict()[k]), k
+
+
+def test_stage_can_freeze_the_peer():
+    class FrozenPeer(distill.DML):
+        def stages(self, epochs):
+            return [Stage("student only", epochs, frozen=("peer.",))]
+
+    spec = tiny_spec(epochs=1)
+    method = FrozenPeer(runs.build_model(spec), peer="resnet8")
+    before = copy.deepcopy(method.peer.state_dict())
+    student_before = copy.deepcopy(method.student.state_dict())
+    Trainer(method, runs.batches(spec, "train", "cpu"), spec.schedule, seed=0, device="cpu").fit()
+    after = method.peer.state_dict()
+    # Weights are untouched; BN running statistics still follow the data in train mode.
+    for k in before:
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(v, method.student.state_dict()[k]) for k, v in student_before.items())
+
+
+def test_train_or_load_records_both_networks(tmp_path):
+    spec = tiny_spec(epochs=1)
+    run = runs.train_or_load(spec, root=tmp_path, device="cpu")
+    assert {"test_acc", "peer_test_acc", "train_ce", "train_kl", "train_peer_ce", "train_peer_kl"} <= set(run.final)
+    peer = run.network("peer", device="cpu")
+    saved = runs.storage.load_torch(run.path / "final.pt")["method"]
+    for k, v in peer.state_dict().items():
+        assert torch.equal(v, saved[f"peer.{k}"]), k
+    batches = runs.batches(spec, "test", "cpu")
+    from kdnb.train import evaluate
+    assert evaluate(peer, batches.batches(0, 0))["acc"] == pytest.approx(run.final["peer_test_acc"])
+    with pytest.raises(ValueError, match="no network 'nope'.*peer"):
+        run.network("nope")
+
+
+def test_dml_takes_no_teacher():
+    spec = tiny_spec()
+    with pytest.raises(ValueError, match="no teacher"):
+        distill.create("dml", runs.build_model(spec), runs.build_model(spec))
