@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,21 +86,39 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
 
 
+PROGRESS_MODES = ("auto", "bar", "log", "off")
+
+
 def progress_mode() -> str:
-    """``KDNB_PROGRESS``: ``auto`` (bars: widget in notebooks, text in terminals), ``plain`` or ``off``."""
+    """How training reports progress, from ``KDNB_PROGRESS``: ``bar`` (tqdm: a widget in notebooks, text in
+    terminals), ``log`` (one plain line per epoch, for log files), ``off``; ``auto`` (default) picks ``bar``
+    in notebooks and terminals and ``log`` when stderr is redirected."""
     mode = os.environ.get("KDNB_PROGRESS", "auto").lower()
-    if mode not in ("auto", "plain", "off"):
-        raise ValueError(f"KDNB_PROGRESS={mode!r}; choose one of: auto, plain, off")
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"KDNB_PROGRESS={mode!r}; choose one of: {', '.join(PROGRESS_MODES)}")
+    if mode == "auto":
+        mode = "bar" if _in_notebook() or sys.stderr.isatty() else "log"
     return mode
 
 
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def _progress_bar(total: int, desc: str):
-    mode = progress_mode()
-    if mode == "auto":
-        from tqdm.auto import tqdm
-    else:
-        from tqdm import tqdm
-    return tqdm(total=total, desc=desc, disable=mode == "off", mininterval=1.0, leave=False)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=progress_mode() != "bar", mininterval=1.0, leave=False)
+
+
+def _log_epoch(desc: str, metrics: dict, epochs: int) -> None:
+    if progress_mode() == "log":
+        test = f" test_acc={metrics['test_acc']:.4f}" if "test_acc" in metrics else ""
+        print(f"[{desc}] epoch {metrics['epoch']}/{epochs} loss={metrics['train_loss']:.4f} "
+              f"train_acc={metrics['train_acc']:.4f}{test} ({metrics['train_time_s']:.1f} s)",
+              file=sys.stderr, flush=True)
 
 
 @torch.inference_mode()
@@ -235,6 +254,7 @@ class Trainer:
                     optimizer_state = None
                 for epoch in range(max(first, start_epoch), first + length):
                     metrics = self._train_epoch(epoch, stage, first, length, optimizers, bar)
+                    _log_epoch(self.desc, metrics, self.schedule.epochs)
                     self.history.append(metrics)
                     self._save_checkpoint(epoch + 1)
                     self._save_state(epoch + 1, optimizers)

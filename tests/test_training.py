@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnb import distill, probes, runs, storage
+from kdnb import distill, probes, runs, storage, train
 from kdnb.distill import Stage
 from kdnb.runs import RunSpec
 from kdnb.train import NonFiniteLoss, Schedule, Trainer
@@ -450,3 +450,24 @@ def test_probe_prefix_matching_nothing_lists_modules():
     assert "nonexistent" in message
     for module in ("classifier", "stem"):
         assert module in message
+
+
+# ----------------------------------------------------------------------------------------- progress modes
+
+def test_log_mode_prints_one_line_per_epoch(monkeypatch, capsys):
+    monkeypatch.setenv("KDNB_PROGRESS", "log")
+    make_trainer(tiny_spec(epochs=2), desc="tiny").fit()
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[tiny]")]
+    assert [l.split()[2] for l in lines] == ["1/2", "2/2"]
+    assert all("test_acc=" in l and "loss=" in l for l in lines)
+
+
+def test_off_mode_is_silent_and_auto_logs_when_redirected(monkeypatch, capsys):
+    monkeypatch.setenv("KDNB_PROGRESS", "off")
+    make_trainer(tiny_spec(epochs=1), desc="tiny").fit()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("KDNB_PROGRESS", "auto")
+    assert train.progress_mode() == "log"  # pytest captures stderr: not a terminal, not a notebook
+    monkeypatch.setenv("KDNB_PROGRESS", "loud")
+    with pytest.raises(ValueError, match="auto, bar, log, off"):
+        train.progress_mode()
