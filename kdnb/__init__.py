@@ -9,9 +9,13 @@ from __future__ import annotations
 import importlib
 import os
 import random
+from typing import TYPE_CHECKING
 
 from . import profiles
 from .profiles import Profile
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["setup", "device", "seed_everything", "Profile", "profiles"]
 __version__ = "0.1.0"
@@ -27,7 +31,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kdnb' has no attribute {name!r}")
 
 
-def device() -> "torch.device":  # noqa: F821
+def device() -> "torch.device":
     """CUDA when present, else CPU; ``KDNB_DEVICE`` overrides (e.g. ``cpu`` on a GPU box)."""
     import torch
 

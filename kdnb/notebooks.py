@@ -25,10 +25,10 @@ def is_notebook(path: Path) -> bool:
     return head.startswith("---") and "format_name: myst" in head and "kernelspec:" in head
 
 
-def chapters() -> list[Path]:
-    """Every notebook page listed in ``_toc.yml``, in reading order."""
+def toc_files() -> list[str]:
+    """Every page of ``_toc.yml`` in reading order (the root first), as written there: no suffix."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found: list[str] = []
+    found: list[str] = [toc["root"]]
 
     def walk(node) -> None:
         if isinstance(node, dict):
@@ -41,7 +41,12 @@ def chapters() -> list[Path]:
                 walk(item)
 
     walk(toc)
-    pages = [ROOT / f"{name}.md" for name in found]
+    return found
+
+
+def chapters() -> list[Path]:
+    """Every notebook page listed in ``_toc.yml``, in reading order."""
+    pages = [ROOT / f"{name}.md" for name in toc_files()]
     return [p for p in pages if p.exists() and is_notebook(p)]
 
 

@@ -71,3 +71,15 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
         print(f"smoke run {chapter.relative_to(notebooks.ROOT)}: {outcomes[chapter].seconds:.0f} s"
               + ("" if outcomes[chapter].error is None else " FAILED"))
     return outcomes
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Bit-equality between runs needs a fixed thread count (it changes float reduction order); no bars."""
+    import torch
+
+    monkeypatch.setenv("KDNB_PROGRESS", "off")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

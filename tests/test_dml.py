@@ -13,12 +13,7 @@ from kdnb.distill.kd import kd_divergence
 from kdnb.train import Schedule, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-for-bit comparisons need a fixed reduction order
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_spec(epochs: int = 2, **changes) -> runs.RunSpec:

@@ -12,7 +12,6 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
-import yaml
 
 import kdnb.analysis
 import kdnb.profiles
@@ -26,25 +25,6 @@ SMOKE_TIMEOUT = 600 + 600 * len(CHAPTERS)
 
 def chapter_id(path: Path) -> str:
     return str(path.relative_to(ROOT).with_suffix(""))
-
-
-def toc_files() -> list[str]:
-    """Every page of ``_toc.yml`` (root included), as written there (no suffix)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found = [toc["root"]]
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return found
 
 
 def code_cells(notebook) -> list:
@@ -64,12 +44,12 @@ def test_there_are_chapters():
 
 
 def test_toc_pages_exist():
-    for name in toc_files():
+    for name in notebooks.toc_files():
         assert (ROOT / f"{name}.md").exists(), f"_toc.yml lists {name}, but {name}.md does not exist"
 
 
 def test_every_page_is_in_the_toc():
-    listed = {(ROOT / f"{name}.md").resolve() for name in toc_files()}
+    listed = {(ROOT / f"{name}.md").resolve() for name in notebooks.toc_files()}
     pages = sorted((ROOT / "book").rglob("*.md"))
     missing = [str(p.relative_to(ROOT)) for p in pages
                if p.resolve() not in listed and ".ipynb_checkpoints" not in p.parts]
@@ -78,7 +58,7 @@ def test_every_page_is_in_the_toc():
 
 def test_pages_with_code_cells_are_notebooks():
     """A page with ``{code-cell}`` but without jupytext front matter would silently not be executed."""
-    for name in toc_files():
+    for name in notebooks.toc_files():
         page = ROOT / f"{name}.md"
         if "```{code-cell}" in page.read_text(encoding="utf-8"):
             assert notebooks.is_notebook(page), f"{name}.md has code cells but no jupytext/kernelspec header"
@@ -144,7 +124,7 @@ LITERALINCLUDE = re.compile(r"^(`{3,}|:{3,})\{literalinclude\}\s+(\S+)[ \t]*\n((
 
 def literalincludes() -> list[tuple[Path, str, dict[str, str]]]:
     found = []
-    for name in toc_files():
+    for name in notebooks.toc_files():
         page = ROOT / f"{name}.md"
         for match in LITERALINCLUDE.finditer(page.read_text(encoding="utf-8")):
             options = dict(re.findall(r"^[ \t]*:([\w-]+):[ \t]*(.*?)[ \t]*$", match.group(3), re.MULTILINE))

@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_time_s",)
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("KDNB_PROGRESS", "off")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_spec(**changes) -> RunSpec:

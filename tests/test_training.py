@@ -23,14 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_time_s",)
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Bit-equality between runs needs a fixed thread count (it changes float reduction order)."""
-    monkeypatch.setenv("KDNB_PROGRESS", "off")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_spec(epochs: int = 2, per_class: int = 8, **changes) -> RunSpec:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -102,6 +101,20 @@ def conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv followed by BatchNorm; the ReLU is left to the caller so the
     pre-activation output can be recorded."""
     return nn.Sequential(conv3x3(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+
+
+def conv_bn_groups(in_channels: int, config: tuple[tuple[int, ...], ...]) -> tuple[nn.ModuleList, int]:
+    """Groups of :func:`conv_bn` layers, one group per tuple of widths in ``config`` (the plain-CNN and VGG
+    layout); returns the groups and the width of the last layer."""
+    groups = []
+    width_in = in_channels
+    for widths in config:
+        layers = []
+        for width in widths:
+            layers.append(conv_bn(width_in, width))
+            width_in = width
+        groups.append(nn.ModuleList(layers))
+    return nn.ModuleList(groups), width_in
 
 
 def init_weights(model: nn.Module) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv_bn, global_avg_pool, init_weights, record
+from kdnb.models.base import FeatureModel, Features, conv_bn_groups, global_avg_pool, init_weights, record
 
 CNN_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "cnn6": ((32,), (64, 64), (128, 128)),
@@ -41,18 +41,10 @@ class PlainCNN(FeatureModel):
         self.name = variant
         self.config = {"num_classes": num_classes, "in_channels": in_channels}
 
-        groups = []
-        width_in = in_channels
-        for widths in CNN_CONFIGS[variant]:
-            layers = []
-            for width in widths:
-                layers.append(conv_bn(width_in, width))
-                width_in = width
-            groups.append(nn.ModuleList(layers))
-        self.groups = nn.ModuleList(groups)
-        self.classifier = nn.Linear(width_in, num_classes)
+        self.groups, width_out = conv_bn_groups(in_channels, CNN_CONFIGS[variant])
+        self.classifier = nn.Linear(width_out, num_classes)
 
-        num_convs = sum(len(group) for group in groups)
+        num_convs = sum(len(group) for group in self.groups)
         self.feature_names = tuple(
             name for j in range(1, num_convs + 1) for name in (f"conv{j}.pre", f"conv{j}")
         ) + ("pooled", "logits")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv_bn, global_avg_pool, init_weights, record
+from kdnb.models.base import FeatureModel, Features, conv_bn_groups, global_avg_pool, init_weights, record
 
 VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -45,19 +45,11 @@ class VGG(FeatureModel):
         self.name = variant
         self.config = {"num_classes": num_classes, "in_channels": in_channels}
 
-        blocks = []
-        width_in = in_channels
-        for widths in VGG_CONFIGS[variant]:
-            layers = []
-            for width in widths:
-                layers.append(conv_bn(width_in, width))
-                width_in = width
-            blocks.append(nn.ModuleList(layers))
-        self.blocks = nn.ModuleList(blocks)
-        self.classifier = nn.Linear(width_in, num_classes)
+        self.blocks, width_out = conv_bn_groups(in_channels, VGG_CONFIGS[variant])
+        self.classifier = nn.Linear(width_out, num_classes)
 
         self.feature_names = tuple(
-            name for k in range(1, len(blocks) + 1) for name in (f"block{k}.pre", f"block{k}")
+            name for k in range(1, len(self.blocks) + 1) for name in (f"block{k}.pre", f"block{k}")
         ) + ("pooled", "logits")
         init_weights(self)
 
