@@ -55,7 +55,8 @@ def trainer_vs_bare_loop(model_name: str = "resnet8", batch_size: int = 128, ste
             torch.cuda.synchronize()
         return n_images / (time.perf_counter() - began)
 
-    run_trainer(0), _bare_loop(model, batches, 0, 0.05)  # warm-up (allocator, kernels)
+    run_trainer(0)  # warm-up (allocator, kernels) for both sides
+    _bare_loop(model, batches, 0, 0.05)
     trainer_ips, bare_ips = [], []
     for r in range(repeats):  # interleaved, alternating who goes first
         order = [("t", run_trainer), ("b", lambda e: _bare_loop(model, batches, e, 0.05))]

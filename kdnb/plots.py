@@ -10,15 +10,15 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
+from .distill import soft_targets as softmax_at
+
 
 def soft_targets_frame(logits: torch.Tensor, temperatures: Sequence[float],
                        class_names: Sequence[str]) -> pd.DataFrame:
     """Long table (temperature, class, probability) of :math:`\\sigma(z/T)` for one logit vector."""
-    from .distill import soft_targets
-
     rows = []
     for t in temperatures:
-        probs = soft_targets(logits.detach().float().cpu(), t).numpy()
+        probs = softmax_at(logits.detach().float().cpu(), t).numpy()
         rows += [{"T": f"T={t:g}", "class": name, "probability": float(p)} for name, p in zip(class_names, probs)]
     return pd.DataFrame(rows)
 
@@ -46,11 +46,9 @@ def soft_targets(logits: torch.Tensor, temperatures: Sequence[float], class_name
 
 def entropy_by_temperature(logits: torch.Tensor, temperatures: Sequence[float]) -> Figure:
     """Mean entropy (bits) of :math:`\\sigma(z/T)` over a batch of logits, against T (log axis)."""
-    from .distill import soft_targets
-
     rows = []
     for t in temperatures:
-        p = soft_targets(logits.detach().float().cpu(), t)
+        p = softmax_at(logits.detach().float().cpu(), t)
         entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
         rows += [{"T": t, "entropy (bits)": float(e)} for e in entropy]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))

@@ -266,7 +266,7 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
         final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
         metrics = {"history": history, "final": final, "device": str(device),
                    "wall_time_s": time.perf_counter() - began,
-                   "train_images": len(trainer.train_batches.labels) if hasattr(trainer.train_batches, "labels") else None}
+                   "train_images": trainer.train_batches.num_samples}
         storage.save_json(metrics, path / "metrics.json")
         storage.remove(path / "state.pt")
         return Run(spec, path, metrics)
