@@ -2,6 +2,8 @@
 
 Every file written here gets a ``<name>.sha256`` sidecar. A reader recomputes the digest and raises
 :class:`CorruptFile` on any mismatch, so a truncated or damaged checkpoint is redone, never silently used.
+The files themselves stay plain ``torch.save``/JSON files: ``torch.load(path, weights_only=True)`` reads a
+checkpoint directly.
 """
 from __future__ import annotations
 
@@ -39,11 +41,19 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` atomically, then its sha256 sidecar (the sidecar last: it marks the file complete)."""
+    """Replace ``path`` with ``data`` atomically, keeping its sha256 sidecar valid at every moment.
+
+    The sidecar first accepts both the old and the new digest, then the data file is swapped in (one
+    ``os.replace``), then the sidecar names the new digest alone. A process killed at any point leaves the old
+    or the new content, each with a digest that vouches for it, so a resumable state is never lost.
+    """
     path = Path(path)
-    _sidecar(path).unlink(missing_ok=True)
+    side = _sidecar(path)
+    digest = hashlib.sha256(data).hexdigest()
+    previous = side.read_text().split() if side.exists() else []
+    _atomic_write_bytes(side, "\n".join(dict.fromkeys([digest, *previous])).encode() + b"\n")
     _atomic_write_bytes(path, data)
-    _atomic_write_bytes(_sidecar(path), hashlib.sha256(data).hexdigest().encode() + b"\n")
+    _atomic_write_bytes(side, digest.encode() + b"\n")
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -53,8 +63,7 @@ def read_bytes(path: str | Path) -> bytes:
     if not path.exists() or not side.exists():
         raise CorruptFile(f"{path}: file or its checksum is missing (interrupted write?)")
     data = path.read_bytes()
-    expected = side.read_text().strip()
-    if hashlib.sha256(data).hexdigest() != expected:
+    if hashlib.sha256(data).hexdigest() not in side.read_text().split():
         raise CorruptFile(f"{path}: checksum mismatch ({len(data)} bytes); the file is damaged")
     return data
 

@@ -343,10 +343,9 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         storage.write_bytes(path, b"new")
     monkeypatch.undo()
-    assert path.read_bytes() == b"old"
-    # The sidecar is removed first, so the half-done write is detected rather than trusted.
-    assert not storage.exists(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
+    # The old content is intact and still vouched for; no temporary file is left behind.
+    assert storage.read_bytes(path) == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "blob.bin.sha256"]
 
 
 def test_remove(tmp_path):
@@ -355,3 +354,27 @@ def test_remove(tmp_path):
     storage.remove(path)
     assert list(tmp_path.iterdir()) == []
     storage.remove(path)  # idempotent
+
+
+def test_a_write_killed_midway_leaves_the_previous_content_valid(tmp_path, monkeypatch):
+    """Whatever step of a rewrite is interrupted, the file reads back as the old or the new content."""
+    path = tmp_path / "state.pt"
+    storage.save_torch({"epoch": 1}, path)
+    real = storage._atomic_write_bytes
+    for failing_call in (1, 2, 3):  # sidecar (both digests), data, sidecar (new digest)
+        storage.save_torch({"epoch": 1}, path)
+        calls = []
+
+        def flaky(target, data, calls=calls, failing_call=failing_call):
+            calls.append(target)
+            if len(calls) == failing_call:
+                raise KeyboardInterrupt  # the process dies here
+            real(target, data)
+
+        monkeypatch.setattr(storage, "_atomic_write_bytes", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            storage.save_torch({"epoch": 2}, path)
+        monkeypatch.setattr(storage, "_atomic_write_bytes", real)
+        assert storage.load_torch(path)["epoch"] == (1 if failing_call <= 2 else 2)
+    # And a plain torch.load reads the file (no header of ours inside).
+    assert torch.load(path, weights_only=True)["epoch"] == 2

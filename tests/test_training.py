@@ -367,12 +367,9 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, monkeypatch):
     assert child.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "final.pt").exists()
 
-    # Where the run will resume from: the last state that survived the kill intact (else from scratch).
-    try:
-        resume_from = storage.load_torch(run_dir / "state.pt")["epoch"]
-        assert saved_epoch <= resume_from < epochs
-    except storage.CorruptFile:  # killed while rewriting state.pt: the run restarts from scratch
-        resume_from = 0
+    # Where the run will resume from: the last state written, intact even if the kill hit a rewrite of it.
+    resume_from = storage.load_torch(run_dir / "state.pt")["epoch"]
+    assert saved_epoch <= resume_from < epochs
     print(f"killed after epoch {saved_epoch}; resuming from {resume_from}")
     trained = []
     original = Trainer._train_epoch
