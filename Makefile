@@ -38,7 +38,7 @@ bench: setup
 lab: setup
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp .jupyter-lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
-	$(BIN)/jupyter lab book/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) book/
 
 # Debian's chromium for the site test, installed only where we may (root with apt-get); elsewhere that test
 # is skipped with a message saying so.
