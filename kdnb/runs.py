@@ -117,6 +117,18 @@ class RunSpec:
         return f"{self.method}:{self.model} seed={self.seed}"
 
 
+def chain(*specs: RunSpec) -> list[RunSpec]:
+    """Teacher → assistant → … → student: each spec after the first gets the previous one as its teacher.
+
+    TAKD is ``chain(teacher, assistant, student)``; born-again generations are a chain of the same model.
+    Each link is an ordinary cached run, so a later chapter asking for the same link reuses it.
+    """
+    linked = [specs[0]]
+    for spec in specs[1:]:
+        linked.append(spec.replace(teacher=linked[-1]))
+    return linked
+
+
 def runs_root() -> Path:
     """``$KDNB_RUNS``, else ``runs/`` at the repository root."""
     if os.environ.get("KDNB_RUNS"):

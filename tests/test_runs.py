@@ -378,3 +378,16 @@ def test_a_write_killed_midway_leaves_the_previous_content_valid(tmp_path, monke
         assert storage.load_torch(path)["epoch"] == (1 if failing_call <= 2 else 2)
     # And a plain torch.load reads the file (no header of ours inside).
     assert torch.load(path, weights_only=True)["epoch"] == 2
+
+
+def test_chain_links_each_run_to_the_previous_one(tmp_path):
+    teacher = tiny_spec(model="resnet14", schedule=Schedule(epochs=1, batch_size=16, lr=0.05))
+    assistant = tiny_spec(model="resnet8", method="kd", schedule=Schedule(epochs=1, batch_size=16, lr=0.05))
+    student = assistant.replace(seed=1)
+    linked = runs.chain(teacher, assistant, student)
+    assert linked[0] == teacher and linked[1].teacher == teacher and linked[2].teacher == linked[1]
+    assert len({s.key() for s in linked}) == 3
+    final = runs.train_or_load(linked[-1], root=tmp_path, device="cpu")
+    # Training the last link trained (and cached) every earlier one.
+    assert all((tmp_path / s.key() / "metrics.json").exists() for s in linked)
+    assert final.spec.teacher.teacher == teacher
