@@ -167,7 +167,6 @@ class Run:
         net.load_state_dict(storage.load_torch(path)["student"])
         return net.to(device if device is not None else default_device()).eval()
 
-
     def network(self, name: str, device: torch.device | str | None = None) -> nn.Module:
         """Another trained network of the method, by attribute name (e.g. DML's ``"peer"``), final weights,
         in eval mode."""
@@ -182,7 +181,8 @@ class Run:
         if not isinstance(getattr(method, name, None), nn.Module):
             extras = [n for n, _ in method.named_children()]
             raise ValueError(f"run {self.spec.label} has no network {name!r}; it has: {', '.join(extras)}")
-        method.load_state_dict(storage.load_torch(self.path / "final.pt")["method"])
+        final = storage.load_torch(self.path / "final.pt")
+        method.load_state_dict({**{f"student.{k}": v for k, v in final["student"].items()}, **final["extras"]})
         return getattr(method, name).to(device if device is not None else default_device()).eval()
 
 
@@ -273,8 +273,9 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
                           probes=[probes.create(p) for p in spec.probes], run_dir=path, desc=spec.label)
         began = time.perf_counter()
         history = trainer.fit()
-        storage.save_torch({"student": method.student.state_dict(), "method": method.state_dict()},
-                           path / "final.pt")
+        # The student's weights once; everything else the method trained (e.g. DML's peer) beside them.
+        extras = {k: v for k, v in method.state_dict().items() if not k.startswith("student.")}
+        storage.save_torch({"student": method.student.state_dict(), "extras": extras}, path / "final.pt")
         final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
         metrics = {"history": history, "final": final, "device": str(device),
                    "wall_time_s": time.perf_counter() - began,

@@ -119,7 +119,7 @@ def test_train_or_load_records_both_networks(tmp_path):
     run = runs.train_or_load(spec, root=tmp_path, device="cpu")
     assert {"test_acc", "peer_test_acc", "train_ce", "train_kl", "train_peer_ce", "train_peer_kl"} <= set(run.final)
     peer = run.network("peer", device="cpu")
-    saved = runs.storage.load_torch(run.path / "final.pt")["method"]
+    saved = runs.storage.load_torch(run.path / "final.pt")["extras"]
     for k, v in peer.state_dict().items():
         assert torch.equal(v, saved[f"peer.{k}"]), k
     batches = runs.batches(spec, "test", "cpu")
