@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import storage
+from .progress import log_epoch, progress_bar
 from .distill.base import Method, Stage, Update
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
@@ -84,41 +85,6 @@ class Probe(Protocol):
 def epoch_seed(seed: int, epoch: int) -> int:
     """A distinct, reproducible seed per (run seed, epoch)."""
     return (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
-
-
-PROGRESS_MODES = ("auto", "bar", "log", "off")
-
-
-def progress_mode() -> str:
-    """How training reports progress, from ``KDNB_PROGRESS``: ``bar`` (tqdm: a widget in notebooks, text in
-    terminals), ``log`` (one plain line per epoch, for log files), ``off``; ``auto`` (default) picks ``bar``
-    in notebooks and terminals and ``log`` when stderr is redirected."""
-    mode = os.environ.get("KDNB_PROGRESS", "auto").lower()
-    if mode not in PROGRESS_MODES:
-        raise ValueError(f"KDNB_PROGRESS={mode!r}; choose one of: {', '.join(PROGRESS_MODES)}")
-    if mode == "auto":
-        mode = "bar" if _in_notebook() or sys.stderr.isatty() else "log"
-    return mode
-
-
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return type(shell).__name__ == "ZMQInteractiveShell"
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=progress_mode() != "bar", mininterval=1.0, leave=False)
-
-
-def _log_epoch(desc: str, metrics: dict, epochs: int) -> None:
-    if progress_mode() == "log":
-        test = f" test_acc={metrics['test_acc']:.4f}" if "test_acc" in metrics else ""
-        print(f"[{desc}] epoch {metrics['epoch']}/{epochs} loss={metrics['train_loss']:.4f} "
-              f"train_acc={metrics['train_acc']:.4f}{test} ({metrics['train_time_s']:.1f} s)",
-              file=sys.stderr, flush=True)
 
 
 @torch.inference_mode()
@@ -241,7 +207,7 @@ class Trainer:
         if start_epoch == 0:
             self._save_checkpoint(0)
         steps_per_epoch = len(self.train_batches)
-        bar = _progress_bar((self.schedule.epochs - start_epoch) * steps_per_epoch, self.desc)
+        bar = progress_bar((self.schedule.epochs - start_epoch) * steps_per_epoch, self.desc)
         try:
             for stage, first, length in self.plan:
                 if first + length <= start_epoch:
@@ -254,7 +220,7 @@ class Trainer:
                     optimizer_state = None
                 for epoch in range(max(first, start_epoch), first + length):
                     metrics = self._train_epoch(epoch, stage, first, length, optimizers, bar)
-                    _log_epoch(self.desc, metrics, self.schedule.epochs)
+                    log_epoch(self.desc, metrics, self.schedule.epochs)
                     self.history.append(metrics)
                     self._save_checkpoint(epoch + 1)
                     self._save_state(epoch + 1, optimizers)

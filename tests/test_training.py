@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnb import distill, probes, runs, storage, train
+from kdnb import distill, probes, progress, runs, storage, train
 from kdnb.distill import Stage
 from kdnb.runs import RunSpec
 from kdnb.train import NonFiniteLoss, Schedule, Trainer
@@ -457,7 +457,7 @@ def test_off_mode_is_silent_and_auto_logs_when_redirected(monkeypatch, capsys):
     make_trainer(tiny_spec(epochs=1), desc="tiny").fit()
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("KDNB_PROGRESS", "auto")
-    assert train.progress_mode() == "log"  # pytest captures stderr: not a terminal, not a notebook
+    assert progress.progress_mode() == "log"  # pytest captures stderr: not a terminal, not a notebook
     monkeypatch.setenv("KDNB_PROGRESS", "loud")
     with pytest.raises(ValueError, match="auto, bar, log, off"):
-        train.progress_mode()
+        progress.progress_mode()
