@@ -13,9 +13,7 @@ Every file carries a sha256 sidecar (:mod:`kdnb.storage`); a run with any damage
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
@@ -24,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -218,18 +216,6 @@ def batches(spec: RunSpec, split: str, device: torch.device | str | None = None)
                               device=device)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Two kernels asking for the same run (e.g. parallel tests) must not train it twice or interleave writes.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _load_finished(spec: RunSpec, path: Path) -> Run | None:
     """The finished run at ``path``, or ``None`` when it is unfinished or any of its files is damaged."""
     if not (path / "metrics.json").exists():
@@ -256,7 +242,7 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
 
     root = Path(root) if root is not None else runs_root()
     path = root / spec.key()
-    with _locked(root / f".{spec.key()}.lock"):
+    with storage.locked(root / f".{spec.key()}.lock"):
         if force:
             shutil.rmtree(path, ignore_errors=True)
         finished = _load_finished(spec, path)

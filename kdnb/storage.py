@@ -7,19 +7,33 @@ checkpoint directly.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 
 class CorruptFile(RuntimeError):
-    """A cached file is missing its checksum, is truncated, or does not match its checksum."""
+    """A cached file is missing its checksum, is truncated, or does not match its checksum: redo it."""
+
+
+class UnreadableFile(RuntimeError):
+    """A file whose checksum is right but which cannot be read back (an unpickler refusal, a format change).
+
+    This is a bug or a version mismatch, not damage: redoing the work would write the same file again, so the
+    error is raised rather than treated as :class:`CorruptFile`.
+    """
+
+
+class UnsaveableValue(TypeError):
+    """A value that the cache cannot store safely (e.g. a numpy scalar in a metric, a custom class)."""
 
 
 def _sidecar(path: Path) -> Path:
@@ -68,6 +82,20 @@ def read_bytes(path: str | Path) -> bytes:
     return data
 
 
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``path`` (created if needed): two kernels asking for the same run
+    or analysis must not compute it twice or interleave writes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def remove(path: str | Path) -> None:
     path = Path(path)
     path.unlink(missing_ok=True)
@@ -90,12 +118,18 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
     data = read_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as error:  # a file that hashes right but does not unpickle is still unusable
-        raise CorruptFile(f"{path}: cannot be loaded ({error})") from error
+    except Exception as error:  # the bytes are the ones written: the code, not the file, is at fault
+        raise UnreadableFile(f"{path}: checksum is right but the file cannot be loaded ({error})") from error
+
+
+def _refuse(value: Any) -> Any:
+    raise UnsaveableValue(f"cannot store {value!r} (type {type(value).__module__}.{type(value).__qualname__}) "
+                          "as JSON: convert it to a plain float/int/str/list/dict first")
 
 
 def save_json(obj: Any, path: str | Path) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``obj`` as JSON; anything but plain Python values raises :class:`UnsaveableValue` naming it."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_refuse) + "\n").encode())
 
 
 def load_json(path: str | Path) -> Any:

@@ -244,7 +244,7 @@ def test_load_torch_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     storage.save_torch({"student": Payload()}, path)
     storage.read_bytes(path)  # the checksum is fine...
-    with pytest.raises(storage.CorruptFile, match="cannot be loaded"):
+    with pytest.raises(storage.UnreadableFile, match="cannot be loaded"):
         storage.load_torch(path)  # ... but weights_only refuses the object
 
 
