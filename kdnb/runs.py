@@ -5,11 +5,32 @@ A chapter never trains inline. It describes a run with a frozen :class:`RunSpec`
 
     runs/<hash>/spec.json      the spec, for humans and for `python -m kdnb clean`
     runs/<hash>/state.pt       resume point, rewritten after every epoch (removed when the run finishes)
-    runs/<hash>/ckpt/epoch_XXX.pt   the student at the schedule's checkpoint epochs
-    runs/<hash>/final.pt       the trained student
+    runs/<hash>/ckpt/step_XXXXXXXX.pt   every evaluated network at the schedule's checkpoints
+    runs/<hash>/final.pt       the trained student, and beside it the other modules the method trained
+    runs/<hash>/series.pt      per-step series of the probes (when the run has probes)
     runs/<hash>/metrics.json   per-epoch metrics and the final ones (written last: marks the run finished)
 
-Every file carries a sha256 sidecar (:mod:`kdnb.storage`); a run with any damaged file is redone.
+Every file carries a sha256 sidecar (:mod:`kdnb.storage`). A file whose checksum fails is damage: the run is
+redone. A file whose checksum is right but which does not load, or a value that cannot be stored, is a bug: it
+is raised, naming the run, never "redone" in a loop.
+
+What a run's identity (its hash) holds, and why
+------------------------------------------------
+Everything that changes what is trained, and nothing else:
+
+- the data: ``dataset``, ``train_per_class``/``test_per_class``, ``subset_seed``, ``augment``;
+- the network: ``model`` and ``model_args`` (dropout, widths, input size);
+- the method: ``method``, its arguments **bound against its signature with every default filled in** (so
+  ``kd`` with ``{}`` and with ``{temperature: 4, alpha: 0.9}`` are one run; 4 and 4.0 too), and the
+  method's ``version`` (bumping it redoes that method's runs only);
+- the runs it stands on: ``teacher`` and any argument that is itself a ``RunSpec`` (an auto-encoder
+  trained once per teacher, say), by their own identities, recursively;
+- ``schedule`` (epochs, batch size, optimiser, learning-rate schedule, checkpoints) and ``seed``;
+- ``probes``, because they decide which measurements the run holds;
+- :data:`CACHE_VERSION`, bumped only for changes that make every cached run wrong.
+
+Not in it: the device, the thread count, the chapter or part asking, paths, progress settings. So the
+teacher trained in Part 0 is the run that Parts II and III get when they ask for the same spec.
 """
 from __future__ import annotations
 
@@ -28,20 +49,34 @@ import torch
 from torch import nn
 
 from . import data, distill, models, probes, storage
-from .train import Schedule, Trainer
+from .modules import parameters_under
+from .train import Schedule, Trainer, checkpoint_name
 
-CACHE_VERSION = 1  # bump when a change to the code makes old runs wrong
+CACHE_VERSION = 2  # bump when a change to the code makes every old run wrong (2: stage-aware trainer)
 EVAL_BATCH_SIZE = 500
+_RUN_TAG = "__run__"  # how an argument that is a RunSpec is written in spec.json
+_MISSING = object()
+
+
+def _freeze_value(key: str, value: Any) -> Any:
+    """Arguments as hashable values: lists become tuples, a finished ``Run`` its spec, a dict written by
+    :meth:`RunSpec.to_dict` for a nested spec becomes that spec again."""
+    if isinstance(value, (bool, int, float, str, type(None), RunSpec)):
+        return value
+    if isinstance(value, Run):
+        return value.spec
+    if isinstance(value, dict) and set(value) == {_RUN_TAG}:
+        return RunSpec.from_dict(value[_RUN_TAG])
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_value(key, v) for v in value)
+    raise TypeError(f"argument {key}={value!r}: only bool/int/float/str/None, tuples or lists of them, and "
+                    "RunSpecs (runs this run takes as inputs) can be part of a run's identity")
 
 
 def _frozen_items(values: Any) -> tuple[tuple[str, Any], ...]:
     if isinstance(values, dict):
         values = values.items()
-    items = tuple(sorted((str(k), v) for k, v in values))
-    for key, value in items:
-        if not isinstance(value, (bool, int, float, str, type(None))):
-            raise TypeError(f"hyper-parameter {key}={value!r}: only bool/int/float/str/None can be hashed")
-    return items
+    return tuple(sorted((str(k), _freeze_value(str(k), v)) for k, v in values))
 
 
 def _canonical_numbers(value: Any) -> Any:
@@ -55,13 +90,24 @@ def _canonical_numbers(value: Any) -> Any:
     return value
 
 
+def _written(value: Any, spec_to_dict) -> Any:
+    if isinstance(value, RunSpec):
+        return {_RUN_TAG: spec_to_dict(value)}
+    if isinstance(value, tuple):
+        return [_written(v, spec_to_dict) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines a training run, and nothing else (no paths, no device).
 
     ``train_per_class``/``test_per_class`` select deterministic class-stratified subsets (``None``: all);
-    ``method_args`` are the method's hyper-parameters (a dict is accepted); ``teacher`` is the spec of the run
-    whose final student is this run's teacher; ``augment="default"`` uses the dataset's standard augmentation.
+    ``model_args`` are options of the model (``{"dropout": 0.3}``); ``method_args`` the method's
+    hyper-parameters, checked against its signature and completed with its defaults when the spec is made;
+    an argument may be another ``RunSpec``, a run this one takes as an input (the method receives the finished
+    :class:`Run`); ``teacher`` is the spec of the run whose final student is this run's teacher;
+    ``augment="default"`` uses the dataset's standard augmentation. Dicts are accepted for the argument fields.
     """
 
     dataset: str
@@ -70,6 +116,7 @@ class RunSpec:
     method: str = "ce"
     method_args: tuple[tuple[str, Any], ...] = ()
     teacher: "RunSpec | None" = None
+    model_args: tuple[tuple[str, Any], ...] = ()
     train_per_class: int | None = None
     test_per_class: int | None = None
     subset_seed: int = 0
@@ -78,37 +125,93 @@ class RunSpec:
     probes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method_args", _frozen_items(self.method_args))
-        object.__setattr__(self, "probes", tuple(self.probes))
         if isinstance(self.schedule, dict):
-            object.__setattr__(self, "schedule", Schedule(**self.schedule))
+            object.__setattr__(self, "schedule", Schedule(**{k: tuple(v) if isinstance(v, list) else v
+                                                             for k, v in self.schedule.items()}))
         if isinstance(self.teacher, dict):
             object.__setattr__(self, "teacher", RunSpec.from_dict(self.teacher))
+        elif isinstance(self.teacher, Run):
+            object.__setattr__(self, "teacher", self.teacher.spec)
+        object.__setattr__(self, "model_args", _frozen_items(self.model_args))
+        object.__setattr__(self, "probes", tuple(self.probes))
+        given = dict(_frozen_items(self.method_args))
+        try:
+            bound = distill.bind(self.method, given)
+        except TypeError as error:
+            raise TypeError(f"run {self.method}:{self.model}: {error}") from None
+        object.__setattr__(self, "method_args", _frozen_items(bound))
         if self.teacher is not None and self.teacher.dataset != self.dataset:
             raise ValueError(f"teacher trained on {self.teacher.dataset!r}, student on {self.dataset!r}")
+        for name, value in self.inputs().items():
+            if value.dataset != self.dataset:
+                raise ValueError(f"input run {name!r} trained on {value.dataset!r}, this run on {self.dataset!r}")
+
+    def inputs(self) -> dict[str, "RunSpec"]:
+        """The method arguments that are runs of their own (trained first, handed over as :class:`Run`)."""
+        return {k: v for k, v in self.method_args if isinstance(v, RunSpec)}
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["method_args"] = dict(self.method_args)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["schedule"] = dataclasses.asdict(self.schedule)
+        out["method_args"] = {k: _written(v, RunSpec.to_dict) for k, v in self.method_args}
+        out["model_args"] = {k: _written(v, RunSpec.to_dict) for k, v in self.model_args}
         out["teacher"] = self.teacher.to_dict() if self.teacher is not None else None
+        out["probes"] = list(self.probes)
         return out
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunSpec":
-        values = dict(values)
-        values["schedule"] = Schedule(**{k: tuple(v) if isinstance(v, list) else v
-                                         for k, v in values["schedule"].items()})
-        values["probes"] = tuple(values.get("probes", ()))
-        return cls(**values)
+        return cls(**dict(values))
+
+    def identity(self) -> dict:
+        """What the run's hash is computed from: :meth:`to_dict` with the method's version, and the runs it
+        stands on by their own identities (see the module docstring)."""
+        out = self.to_dict()
+        out["method_version"] = distill.method_class(self.method).version
+        out["method_args"] = {k: _written(v, RunSpec.identity) for k, v in self.method_args}
+        out["teacher"] = self.teacher.identity() if self.teacher is not None else None
+        return out
 
     def key(self) -> str:
-        """Stable hash of the spec (and the cache version): the run's folder name."""
-        canonical = json.dumps({"version": CACHE_VERSION, "spec": _canonical_numbers(self.to_dict())},
+        """Stable hash of the spec's identity (and the cache version): the run's folder name."""
+        canonical = json.dumps({"version": CACHE_VERSION, "spec": _canonical_numbers(self.identity())},
                                sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> "RunSpec":
+        """A copy with ``changes``; changing the method re-binds its arguments (the old method's defaults
+        do not carry over)."""
+        if "method" in changes and "method_args" not in changes:
+            defaults = distill.bind(self.method, {})
+            changes["method_args"] = {k: v for k, v in self.method_args if defaults.get(k, _MISSING) is not v and defaults.get(k, _MISSING) != v}
         return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Check this spec and every spec it stands on (teacher, inputs) before anything trains: the teacher
+        the method needs, the dataset, the model with its arguments (built on the meta device: no memory, no
+        time) and the probes. (Method arguments were already checked when the spec was made.)"""
+        method = distill.method_class(self.method)
+        if method.requires_teacher and self.teacher is None:
+            raise ValueError(f"run {self.label}: method {self.method!r} needs a teacher run (RunSpec.teacher)")
+        if not method.takes_teacher and self.teacher is not None:
+            raise ValueError(f"run {self.label}: method {self.method!r} takes no teacher run")
+        info = data.info(self.dataset)
+        try:
+            with torch.device("meta"):
+                model = models.create(self.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                      **dict(self.model_args))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"run {self.label}: {error}") from None
+        for probe in self.probes:
+            probes.create(probe)
+            kind, _, prefix = probe.partition(":")
+            try:
+                parameters_under(model, [prefix])
+            except ValueError as error:
+                raise ValueError(f"run {self.label}: probe {probe!r}: {error}") from None
+        for upstream in [self.teacher, *self.inputs().values()]:
+            if upstream is not None:
+                upstream.validate()
 
     @property
     def label(self) -> str:
@@ -136,7 +239,8 @@ def runs_root() -> Path:
 
 @dataclass
 class Run:
-    """A finished run: its spec, folder and metrics; :meth:`model` loads the trained student."""
+    """A finished run: its spec, folder and metrics; :meth:`model` loads the trained student,
+    :meth:`network` any other network the method trained, :meth:`series` the probes' per-step series."""
 
     spec: RunSpec
     path: Path
@@ -150,45 +254,74 @@ class Run:
     def final(self) -> dict:
         return self.metrics["final"]
 
-    def model(self, epoch: int | None = None, device: torch.device | str | None = None) -> nn.Module:
-        """The student after training (``epoch=None``) or at one of the schedule's checkpoint epochs, in eval
-        mode."""
+    def checkpoint_path(self, epoch: float) -> Path:
+        """The checkpoint file of ``epoch``, one of ``spec.schedule.checkpoints`` (fractions allowed)."""
+        steps = self.spec.schedule.checkpoint_steps(self.metrics["steps_per_epoch"])
+        step = round(epoch * self.metrics["steps_per_epoch"])
+        if step not in steps or not any(abs(c - epoch) < 1e-9 for c in self.spec.schedule.checkpoints):
+            raise ValueError(f"no checkpoint at epoch {epoch}; this run keeps {list(self.spec.schedule.checkpoints)}")
+        return self.path / "ckpt" / checkpoint_name(step)
+
+    def model(self, epoch: float | None = None, device: torch.device | str | None = None) -> nn.Module:
+        """The student after training (``epoch=None``) or at one of the schedule's checkpoints, in eval mode."""
         from . import device as default_device
 
-        if epoch is None:
-            path = self.path / "final.pt"
-        elif epoch in self.spec.schedule.checkpoints:
-            path = self.path / "ckpt" / f"epoch_{epoch:03d}.pt"
-        else:
-            raise ValueError(f"no checkpoint at epoch {epoch}; this run keeps {list(self.spec.schedule.checkpoints)}")
+        path = self.path / "final.pt" if epoch is None else self.checkpoint_path(epoch)
         net = build_model(self.spec)
         net.load_state_dict(storage.load_torch(path)["student"])
         return net.to(device if device is not None else default_device()).eval()
 
-    def network(self, name: str, device: torch.device | str | None = None) -> nn.Module:
-        """Another trained network of the method, by attribute name (e.g. DML's ``"peer"``), final weights,
-        in eval mode."""
+    def network(self, name: str, epoch: float | None = None, device: torch.device | str | None = None) -> nn.Module:
+        """Another trained network of the method, in eval mode: one it evaluates (DML's ``"peer"``) or any
+        module it holds (a Hint regressor, an encoder), final weights or (for evaluated networks) those of a
+        checkpoint epoch."""
         from . import device as default_device
 
         if name == "student":
-            return self.model(device=device)
-        try:
-            method = distill.create(self.spec.method, build_model(self.spec), None, **dict(self.spec.method_args))
-        except ValueError as error:
-            raise ValueError(f"run {self.spec.label} has no network {name!r} ({error})") from error
-        if not isinstance(getattr(method, name, None), nn.Module):
-            extras = [n for n, _ in method.named_children()]
-            raise ValueError(f"run {self.spec.label} has no network {name!r}; it has: {', '.join(extras)}")
-        final = storage.load_torch(self.path / "final.pt")
-        method.load_state_dict({**{f"student.{k}": v for k, v in final["student"].items()}, **final["extras"]})
-        return getattr(method, name).to(device if device is not None else default_device()).eval()
+            return self.model(epoch, device)
+        method = build_method(self.spec, teacher=_architecture(self.spec.teacher),
+                              inputs={k: train_or_load(v, root=self.path.parent) for k, v in self.spec.inputs().items()})
+        evaluated = {k: v for k, v in method.evaluated().items() if k}
+        children = dict(method.named_children())
+        if name not in evaluated and name not in children:
+            raise ValueError(f"run {self.spec.label} has no network {name!r}; it has: "
+                             f"{', '.join(dict.fromkeys([*evaluated, *(c for c in children if c != 'student')]))}")
+        if epoch is None:
+            final = storage.load_torch(self.path / "final.pt")
+            method.load_state_dict({**{f"student.{k}": v for k, v in final["student"].items()}, **final["extras"]})
+            network = evaluated.get(name, children.get(name))
+        else:
+            if name not in evaluated:
+                raise ValueError(f"checkpoints keep the networks the method evaluates ({', '.join(evaluated)}), "
+                                 f"not {name!r}")
+            network = evaluated[name]
+            network.load_state_dict(storage.load_torch(self.checkpoint_path(epoch))["networks"][name])
+        return network.to(device if device is not None else default_device()).eval()
+
+    def series(self) -> dict[str, torch.Tensor]:
+        """The probes' per-step series, e.g. ``"path_length:stage3/step"`` (one value per optimizer step)."""
+        if not self.spec.probes:
+            return {}
+        return storage.load_torch(self.path / "series.pt")
 
 
 def build_model(spec: RunSpec) -> nn.Module:
     """The student network of ``spec``, initialised from ``spec.seed``."""
     info = data.info(spec.dataset)
     torch.manual_seed(spec.seed)
-    return models.create(spec.model, num_classes=info.num_classes, in_channels=info.in_channels)
+    return models.create(spec.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                         **dict(spec.model_args))
+
+
+def _architecture(spec: RunSpec | None) -> nn.Module | None:
+    """A network with ``spec``'s architecture and untrained weights (to rebuild a method around it)."""
+    return None if spec is None else build_model(spec).eval()
+
+
+def build_method(spec: RunSpec, teacher: nn.Module | None, inputs: dict[str, "Run"]) -> distill.Method:
+    """The method of ``spec`` around a fresh student, with its teacher network and its input runs."""
+    arguments = {k: inputs[k] if isinstance(v, RunSpec) else v for k, v in spec.method_args}
+    return distill.create(spec.method, build_model(spec), teacher, **arguments)
 
 
 @functools.lru_cache(maxsize=8)
@@ -223,23 +356,28 @@ def _load_finished(spec: RunSpec, path: Path) -> Run | None:
     try:
         metrics = storage.load_json(path / "metrics.json")
         storage.read_bytes(path / "final.pt")
+        run = Run(spec, path, metrics)
         for epoch in spec.schedule.checkpoints:
-            storage.read_bytes(path / "ckpt" / f"epoch_{epoch:03d}.pt")
+            storage.read_bytes(run.checkpoint_path(epoch))
+        if spec.probes:
+            storage.read_bytes(path / "series.pt")
     except storage.CorruptFile as error:
         print(f"[kdnb] {error}; redoing run {path.name} ({spec.label})")
         shutil.rmtree(path, ignore_errors=True)
         return None
-    return Run(spec, path, metrics)
+    return run
 
 
 def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.device | str | None = None,
                   force: bool = False) -> Run:
     """Return the finished run for ``spec``: from the cache, by resuming an interrupted one, or by training it.
 
-    A teacher named in ``spec.teacher`` is itself obtained with ``train_or_load`` first.
+    The whole chain (teacher, input runs) is validated first; then the teacher and the input runs are
+    themselves obtained with ``train_or_load``, then this run.
     """
     from . import device as default_device
 
+    spec.validate()
     root = Path(root) if root is not None else runs_root()
     path = root / spec.key()
     with storage.locked(root / f".{spec.key()}.lock"):
@@ -252,7 +390,8 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
         teacher = None
         if spec.teacher is not None:
             teacher = train_or_load(spec.teacher, root=root, device=device).model(device=device)
-        method = distill.create(spec.method, build_model(spec), teacher, **dict(spec.method_args))
+        inputs = {k: train_or_load(v, root=root, device=device) for k, v in spec.inputs().items()}
+        method = build_method(spec, teacher, inputs)
         storage.save_json(spec.to_dict(), path / "spec.json")
         trainer = Trainer(method, batches(spec, "train", device), spec.schedule, seed=spec.seed,
                           evaluation=batches(spec, "test", device), device=device,
@@ -262,10 +401,15 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
         # The student's weights once; everything else the method trained (e.g. DML's peer) beside them.
         extras = {k: v for k, v in method.state_dict().items() if not k.startswith("student.")}
         storage.save_torch({"student": method.student.state_dict(), "extras": extras}, path / "final.pt")
+        if spec.probes:
+            storage.save_torch(trainer.series(), path / "series.pt")
         final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
         metrics = {"history": history, "final": final, "device": str(device),
-                   "wall_time_s": time.perf_counter() - began,
+                   "wall_time_s": time.perf_counter() - began, "steps_per_epoch": trainer.steps_per_epoch,
                    "train_images": trainer.train_batches.num_samples}
-        storage.save_json(metrics, path / "metrics.json")
+        try:
+            storage.save_json(metrics, path / "metrics.json")
+        except storage.UnsaveableValue as error:
+            raise storage.UnsaveableValue(f"run {spec.label} ({path}): {error}") from None
         storage.remove(path / "state.pt")
         return Run(spec, path, metrics)

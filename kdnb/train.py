@@ -1,38 +1,48 @@
 """The one trainer of the project: SGD (Nesterov), multi-step or cosine learning rate, stages, probes,
-checkpoints at chosen epochs, resume after interruption, and a loud stop on a non-finite loss.
+checkpoints at chosen epochs or steps, resume after interruption, and a loud stop on a non-finite loss.
 
 Determinism: the batches of epoch ``e`` depend only on ``(seed, e)`` and the global torch RNG is reseeded at
 each epoch start, so a run resumed from the state saved after epoch ``e`` continues exactly as an
-uninterrupted run would (on CPU, for a fixed number of threads).
+uninterrupted run would (on CPU, for a fixed number of threads). cuDNN runs in its deterministic mode while a
+run trains, whatever the caller set.
+
+GPU hygiene: nothing in a step waits for the device. Loss terms, accuracy and the non-finite check accumulate
+on the device and are read once per epoch (and every ``check_every`` steps for the non-finite check).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import storage
+from .distill.base import Context, Method, Stage, Update
+from .modules import Freeze, under_any
 from .progress import log_epoch, progress_bar
-from .distill.base import Method, Stage, Update
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Optimisation settings of one run.
 
-    ``milestones`` are fractions of the run's epochs (``(0.5, 0.75)`` is the CIFAR recipe "x0.1 at 80 and 120
-    of 160"), so a profile can shorten a run without rewriting its schedule. ``checkpoints`` lists the epochs
-    after which the student's weights are kept (``0`` = at initialisation).
+    ``milestones`` are fractions of the run (``(0.5, 0.75)`` is the CIFAR recipe "x0.1 at 80 and 120 of
+    160"), so a profile can shorten a run without rewriting its schedule; the schedule spans every stage of
+    the run unless a stage restarts it. ``checkpoints`` lists the epochs after which every network the method
+    evaluates is kept; they may be fractional (``0.5``: after half of the first epoch's steps) for schedules
+    that are dense early, and ``0`` is the initialisation.
     """
 
     epochs: int
@@ -44,7 +54,7 @@ class Schedule:
     lr_schedule: str = "multistep"
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
-    checkpoints: tuple[int, ...] = ()
+    checkpoints: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -52,18 +62,30 @@ class Schedule:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        object.__setattr__(self, "checkpoints", tuple(sorted({int(c) for c in self.checkpoints})))
+        object.__setattr__(self, "checkpoints", tuple(sorted({_number(c) for c in self.checkpoints})))
         bad = [c for c in self.checkpoints if not 0 <= c <= self.epochs]
         if bad:
             raise ValueError(f"checkpoint epochs {bad} are outside 0..{self.epochs}")
 
     def lr_at(self, progress: float) -> float:
-        """Learning rate at ``progress`` in [0, 1) of a stage (evaluated every step: no scheduler state)."""
+        """Learning rate at ``progress`` in [0, 1) of the run (evaluated every step: no scheduler state)."""
         if self.lr_schedule == "cosine":
             return 0.5 * self.lr * (1.0 + math.cos(math.pi * progress))
         if self.lr_schedule == "multistep":
             return self.lr * self.gamma ** sum(progress >= m for m in self.milestones)
         return self.lr
+
+    def checkpoint_steps(self, steps_per_epoch: int) -> dict[int, int | float]:
+        """``{optimizer steps done: checkpoint epoch}``; two checkpoints that fall on one step are kept once."""
+        steps: dict[int, int | float] = {}
+        for epoch in self.checkpoints:
+            steps.setdefault(round(epoch * steps_per_epoch), epoch)
+        return steps
+
+
+def checkpoint_name(step: int) -> str:
+    """File of the checkpoint taken after ``step`` optimizer steps (0: at initialisation)."""
+    return f"step_{step:08d}.pt"
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -71,7 +93,11 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Probe(Protocol):
-    """Measures something during training (e.g. a layer's weight path length) and reports it per epoch."""
+    """Measures something during training (e.g. a layer's weight path length) and reports it per epoch.
+
+    ``series()`` (optional) returns per-step series as 1-D tensors, saved with the run (``Run.series``).
+    ``after_step`` must not wait for the device (no ``.item()``): read values in ``epoch_metrics``.
+    """
 
     name: str
 
@@ -116,19 +142,74 @@ def _stage_plan(stages: list[Stage], epochs: int) -> list[tuple[Stage, int, int]
     return plan
 
 
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """cuDNN in its deterministic mode (no autotuning by timing) while a run trains; the caller's settings are
+    restored afterwards."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+class _NonFiniteWatch:
+    """Finds the first step whose loss is not finite without waiting for the device at every step.
+
+    Each step's total and terms are copied into a device buffer; :meth:`check` reads the buffer (one
+    synchronisation) and raises :class:`NonFiniteLoss` naming the first bad step.
+    """
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.values: list[Tensor] = []
+        self.where: list[tuple[int, int, str, str, float, tuple[str, ...]]] = []
+
+    def observe(self, total: Tensor, terms: dict[str, Tensor], where: tuple) -> None:
+        self.values.append(torch.stack([total.detach(), *(v.detach() for v in terms.values())]).float())
+        self.where.append((*where, tuple(terms)))
+
+    def check(self) -> None:
+        if not self.values:
+            return
+        finite = [bool(ok) for ok in torch.stack([torch.isfinite(v).all() for v in self.values]).tolist()]
+        if not all(finite):
+            first = finite.index(False)
+            epoch, step, stage, update, lr, names = self.where[first]
+            total, *values = self.values[first].tolist()
+            listed = ", ".join(f"{k}={v:.6g}" for k, v in zip(names, values))
+            raise NonFiniteLoss(f"{self.desc}: non-finite loss at epoch {epoch + 1}, step {step + 1} "
+                                f"(stage {stage!r}, update {update!r}, lr {lr:.4g}): total={total}, {listed}")
+        self.values.clear()
+        self.where.clear()
+
+
 class Trainer:
     """Train ``method`` on ``train`` batches following ``schedule``.
 
     ``train``/``evaluation`` are :class:`kdnb.data.TensorBatches` (anything with ``batches(epoch, seed)`` and
     ``len``). With ``run_dir`` the trainer writes ``state.pt`` after every epoch (resume point) and
-    ``ckpt/epoch_XXX.pt`` at ``schedule.checkpoints``; a fresh ``fit`` on the same directory resumes.
-    ``on_epoch_end(metrics)`` is called with each epoch's metrics dict.
+    ``ckpt/step_XXXXXXXX.pt`` at ``schedule.checkpoints``; a fresh ``fit`` on the same directory resumes.
+    ``on_epoch_end(metrics)`` is called with each epoch's metrics dict. ``check_every`` steps, the trainer reads
+    the device to stop on a non-finite loss (default: every step on the CPU, where reading costs nothing; 50
+    on accelerators).
     """
 
     def __init__(self, method: Method, train, schedule: Schedule, *, seed: int = 0, evaluation=None,
                  device: torch.device | str | None = None, probes: Iterable[Probe] = (),
                  run_dir: str | Path | None = None, desc: str = "train",
-                 on_epoch_end: Callable[[dict], None] | None = None) -> None:
+                 on_epoch_end: Callable[[dict], None] | None = None, check_every: int | None = None) -> None:
         from . import device as default_device
 
         self.device = torch.device(device) if device is not None else default_device()
@@ -141,8 +222,13 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.desc = desc
         self.on_epoch_end = on_epoch_end
+        self.check_every = check_every or (1 if self.device.type == "cpu" else 50)
         self.plan = _stage_plan(method.stages(schedule.epochs), schedule.epochs)
+        self.steps_per_epoch = len(train)
+        self.checkpoint_steps = schedule.checkpoint_steps(self.steps_per_epoch)
         self.history: list[dict] = []
+        for stage, _, _ in self.plan:  # a typo in a frozen prefix fails here, before anything trains
+            Freeze(method, stage.frozen).restore()
         for probe in self.probes:
             probe.attach(method)
 
@@ -151,17 +237,18 @@ class Trainer:
     def state_path(self) -> Path | None:
         return self.run_dir / "state.pt" if self.run_dir else None
 
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.run_dir / "ckpt" / f"epoch_{epoch:03d}.pt"
+    def checkpoint_path(self, epoch: float) -> Path:
+        """The checkpoint file of checkpoint epoch ``epoch`` (one of ``schedule.checkpoints``)."""
+        return self.run_dir / "ckpt" / checkpoint_name(round(epoch * self.steps_per_epoch))
 
     def _optimizers(self, stage: Stage) -> list[tuple[Update, torch.optim.Optimizer]]:
-        """One SGD optimiser per update of the method, over its parameters that this stage does not freeze."""
+        """One SGD optimiser per update of the method, over its parameters that this stage does not freeze
+        (frozen ones no longer require gradients)."""
         s = self.schedule
         optimizers = []
         for update in self.method.updates():
             params = [p for name, p in self.method.named_parameters()
-                      if p.requires_grad and not any(name.startswith(prefix) for prefix in stage.frozen)
-                      and (not update.prefixes or any(name.startswith(prefix) for prefix in update.prefixes))]
+                      if p.requires_grad and (not update.prefixes or under_any(name, update.prefixes))]
             if params:
                 optimizers.append((update, torch.optim.SGD(
                     params, lr=s.lr * stage.lr_scale, momentum=s.momentum,
@@ -186,7 +273,7 @@ class Trainer:
             return 0, None
         try:
             state = storage.load_torch(self.state_path, map_location=self.device)
-        except storage.CorruptFile as error:
+        except storage.CorruptFile as error:  # damage only; a file that does not load is a bug and raises
             print(f"[kdnb] {error}; restarting this run from scratch")
             return 0, None
         self.method.load_state_dict(state["method"])
@@ -195,10 +282,23 @@ class Trainer:
             probe.load_state_dict(probe_state)
         return int(state["epoch"]), state["optimizers"]
 
-    def _save_checkpoint(self, epoch: int) -> None:
-        if self.run_dir is not None and epoch in self.schedule.checkpoints:
-            storage.save_torch({"epoch": epoch, "student": self.method.student.state_dict()},
-                               self.checkpoint_path(epoch))
+    def _save_checkpoint(self, step: int) -> None:
+        """Every network the method evaluates, after ``step`` optimizer steps (on a checkpoint step)."""
+        if self.run_dir is None or step not in self.checkpoint_steps:
+            return
+        networks = self.method.evaluated()
+        storage.save_torch({
+            "epoch": self.checkpoint_steps[step], "step": step, "student": self.method.student.state_dict(),
+            "networks": {name: net.state_dict() for name, net in networks.items() if name},
+        }, self.run_dir / "ckpt" / checkpoint_name(step))
+
+    def series(self) -> dict[str, Tensor]:
+        """Per-step series of the probes that keep one (``{name: 1-D tensor}``)."""
+        out: dict[str, Tensor] = {}
+        for probe in self.probes:
+            if hasattr(probe, "series"):
+                out.update(probe.series())
+        return out
 
     # -------------------------------------------------------------------------------------- training
     def fit(self) -> list[dict]:
@@ -206,71 +306,82 @@ class Trainer:
         start_epoch, optimizer_state = self._resume()
         if start_epoch == 0:
             self._save_checkpoint(0)
-        steps_per_epoch = len(self.train_batches)
-        bar = progress_bar((self.schedule.epochs - start_epoch) * steps_per_epoch, self.desc)
+        bar = progress_bar((self.schedule.epochs - start_epoch) * self.steps_per_epoch, self.desc)
         try:
-            for stage, first, length in self.plan:
-                if first + length <= start_epoch:
-                    continue
-                optimizers = self._optimizers(stage)
-                if optimizer_state is not None:
-                    if start_epoch > first:  # resuming inside this stage; a new stage starts a fresh optimizer
-                        for update, optimizer in optimizers:
-                            optimizer.load_state_dict(optimizer_state[update.name])
-                    optimizer_state = None
-                for epoch in range(max(first, start_epoch), first + length):
-                    metrics = self._train_epoch(epoch, stage, first, length, optimizers, bar)
-                    log_epoch(self.desc, metrics, self.schedule.epochs)
-                    self.history.append(metrics)
-                    self._save_checkpoint(epoch + 1)
-                    self._save_state(epoch + 1, optimizers)
-                    if self.on_epoch_end is not None:
-                        self.on_epoch_end(metrics)
+            with deterministic_kernels():
+                for stage, first, length in self.plan:
+                    if first + length <= start_epoch:
+                        continue
+                    freeze = Freeze(self.method, stage.frozen)
+                    try:
+                        optimizers = self._optimizers(stage)
+                        if optimizer_state is not None:
+                            if start_epoch > first:  # resuming inside this stage; a new stage starts afresh
+                                for update, optimizer in optimizers:
+                                    optimizer.load_state_dict(optimizer_state[update.name])
+                            optimizer_state = None
+                        for epoch in range(max(first, start_epoch), first + length):
+                            metrics = self._train_epoch(epoch, stage, first, length, optimizers, freeze, bar)
+                            log_epoch(self.desc, metrics, self.schedule.epochs)
+                            self.history.append(metrics)
+                            self._save_state(epoch + 1, optimizers)
+                            if self.on_epoch_end is not None:
+                                self.on_epoch_end(metrics)
+                    finally:
+                        freeze.restore()
         finally:
             bar.close()
         return self.history
 
     def _train_epoch(self, epoch: int, stage: Stage, first: int, length: int,
-                     optimizers: list[tuple[Update, torch.optim.Optimizer]], bar) -> dict:
+                     optimizers: list[tuple[Update, torch.optim.Optimizer]], freeze: Freeze, bar) -> dict:
         torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout etc.: same stream on resume
         self.method.train()
-        steps = len(self.train_batches)
-        term_sums: dict[str, float] = {}
-        correct, count = 0, 0
+        freeze.hold_eval()
+        steps = self.steps_per_epoch
+        run_steps = self.schedule.epochs * steps
+        watch = _NonFiniteWatch(self.desc)
+        term_sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        count = 0
         began = time.perf_counter()
         for step, (x, y) in enumerate(self.train_batches.batches(epoch, self.seed)):
-            progress = ((epoch - first) * steps + step) / (length * steps)
-            lr = self.schedule.lr_at(progress) * stage.lr_scale
+            global_step = epoch * steps + step
+            stage_progress = ((epoch - first) * steps + step) / (length * steps)
+            progress = global_step / run_steps
+            lr = self.schedule.lr_at(stage_progress if stage.restart_schedule else progress) * stage.lr_scale
+            context = Context(stage, epoch, step, global_step, progress, stage_progress, lr)
             batch = y.numel()
             for index, (update, optimizer) in enumerate(optimizers):
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits, terms = self.method.update_losses(update.name, x, y)
+                logits, terms = self.method.update_losses(update.name, x, y, context)
                 if index == 0:  # training accuracy is the first update's network (the student)
-                    correct += (logits.argmax(1) == y).sum().item()
-                if stage.terms is not None:
-                    terms = {k: v for k, v in terms.items() if k in stage.terms}
+                    correct += (logits.detach().argmax(1) == y).sum()
+                terms = {k: v if stage.weight(k) == 1.0 else stage.weight(k) * v
+                         for k, v in terms.items() if stage.uses(k)}
                 if not terms:
                     continue
                 total = sum(terms.values())
-                if not torch.isfinite(total):
-                    values = ", ".join(f"{k}={v.item():.6g}" for k, v in terms.items())
-                    raise NonFiniteLoss(f"{self.desc}: non-finite loss at epoch {epoch + 1}, step {step + 1} "
-                                        f"(stage {stage.name!r}, update {update.name!r}, lr {lr:.4g}): "
-                                        f"total={total.item()}, {values}")
+                watch.observe(total, terms, (epoch, step, stage.name, update.name, lr))
+                if len(watch.values) >= self.check_every:
+                    watch.check()
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
                 for k, v in terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + v.item() * batch
+                    term_sums[k] = term_sums[k] + v.detach() * batch if k in term_sums else v.detach() * batch
             for probe in self.probes:
                 probe.after_step(self.method)
             count += batch
+            self._save_checkpoint(global_step + 1)
             bar.update(1)
+        watch.check()
         metrics = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "train_time_s": time.perf_counter() - began}
-        metrics["train_loss"] = sum(term_sums.values()) / count
-        metrics.update({f"train_{k}": v / count for k, v in term_sums.items()})
-        metrics["train_acc"] = correct / count
+        sums = {k: v.item() / count for k, v in term_sums.items()}
+        metrics["train_loss"] = sum(sums.values())
+        metrics.update({f"train_{k}": v for k, v in sums.items()})
+        metrics["train_acc"] = correct.item() / count
         if self.evaluation is not None:
             for name, network in self.method.evaluated().items():
                 result = evaluate(network, self.evaluation.batches(0, 0))
@@ -278,6 +389,12 @@ class Trainer:
                 metrics.update({f"{prefix}test_loss": result["loss"], f"{prefix}test_acc": result["acc"]})
         for probe in self.probes:
             metrics.update(probe.epoch_metrics())
+        for name, value in metrics.items():
+            if not _plain(value):
+                raise storage.UnsaveableValue(
+                    f"{self.desc}: metric {name!r} = {value!r} is a {type(value).__module__}."
+                    f"{type(value).__qualname__}, which the run cache cannot store; return a plain float, int "
+                    "or str (e.g. float(x)) from the method or probe that made it")
         bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['train_loss']:.3f}",
                         acc=f"{metrics.get('test_acc', metrics['train_acc']):.3f}")
         return metrics

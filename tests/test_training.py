@@ -133,8 +133,8 @@ class NaNAtStep3(distill.CE):
         super().__init__(student)
         self.calls = 0
 
-    def forward(self, x, y):
-        logits, terms = super().forward(x, y)
+    def forward(self, x, y, context=None):
+        logits, terms = super().forward(x, y, context)
         self.calls += 1
         aux = logits.abs().mean() * 0.0
         if self.calls == 3:
@@ -167,8 +167,8 @@ def test_non_finite_loss_later_epoch():
     class NaNInEpoch2(distill.CE):
         calls = 0
 
-        def forward(self, x, y):
-            logits, terms = super().forward(x, y)
+        def forward(self, x, y, context=None):
+            logits, terms = super().forward(x, y, context)
             NaNInEpoch2.calls += 1
             if NaNInEpoch2.calls == 7:  # 5 steps per epoch -> epoch 2, step 2
                 terms["ce"] = terms["ce"] * float("inf")
@@ -182,8 +182,8 @@ def test_non_finite_loss_later_epoch():
 class TwoStages(distill.CE):
     """Stage 1 trains the CE term with the stem frozen; stage 2 trains everything (CE + an aux term)."""
 
-    def forward(self, x, y):
-        logits, terms = super().forward(x, y)
+    def forward(self, x, y, context=None):
+        logits, terms = super().forward(x, y, context)
         return logits, {**terms, "aux": 0.01 * logits.pow(2).mean()}
 
     def stages(self, epochs):
@@ -253,7 +253,7 @@ def interrupt_after(epoch: int):
 class DropoutCE(distill.CE):
     """Draws from the global torch RNG every step: resume must restore that stream too."""
 
-    def forward(self, x, y):
+    def forward(self, x, y, context=None):
         logits = self.student(x)
         return logits, {"ce": F.cross_entropy(F.dropout(logits, 0.5, training=self.training), y)}
 
@@ -392,9 +392,8 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, monkeypatch):
     assert_same_state(storage.load_torch(run_dir / "final.pt")["student"],
                       storage.load_torch(root_b / spec.key() / "final.pt")["student"])
     for epoch in spec.schedule.checkpoints:
-        name = f"ckpt/epoch_{epoch:03d}.pt"
-        assert_same_state(storage.load_torch(run_dir / name)["student"],
-                          storage.load_torch(root_b / spec.key() / name)["student"])
+        assert_same_state(storage.load_torch(resumed.checkpoint_path(epoch))["student"],
+                          storage.load_torch(fresh.checkpoint_path(epoch))["student"])
 
 
 # ------------------------------------------------------------------------------------------------ probes
@@ -406,7 +405,7 @@ def test_path_length_at_least_displacement(tmp_path):
     spec = tiny_spec(schedule=Schedule(epochs=2, batch_size=16, lr=0.05, checkpoints=(0,)),
                      probes=("path_length:classifier", "path_length:stage3"))
     run = runs.train_or_load(spec, root=tmp_path, device="cpu")
-    w0 = storage.load_torch(run.path / "ckpt" / "epoch_000.pt")["student"]
+    w0 = storage.load_torch(run.checkpoint_path(0))["student"]
     wT = storage.load_torch(run.path / "final.pt")["student"]
     for prefix in ("classifier", "stage3"):
         length = run.final[f"path_length:{prefix}"]

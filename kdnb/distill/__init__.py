@@ -1,19 +1,23 @@
 """Distillation methods: one class per method, looked up by name.
 
 ``create("kd", student, teacher, temperature=4, alpha=0.9)``; unknown names raise ``ValueError`` with the
-choices.
+choices. ``bind("kd", {"temperature": 8})`` checks arguments against the method's signature and fills in the
+defaults (the run cache does this when a spec is made).
 """
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from torch import nn
 
-from .base import Method, Stage, Update
+from .base import Context, Method, Stage, Update
 from .kd import CE, KD, kd_divergence, soft_targets
 from .mutual import DML
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
 
-__all__ = ["Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "create", "available", "kd_divergence",
+__all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "available", "bind", "create", "method_class", "kd_divergence",
            "soft_targets"]
 
 
@@ -21,9 +25,37 @@ def available() -> list[str]:
     return sorted(METHODS)
 
 
-def create(name: str, student: nn.Module, teacher: nn.Module | None = None, **hparams) -> Method:
-    """Build method ``name`` around ``student`` (and ``teacher`` where the method needs one)."""
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``; unknown names raise ``ValueError`` listing the choices."""
     key = name.lower()
     if key not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(available())}")
-    return METHODS[key](student, teacher, **hparams)
+    return METHODS[key]
+
+
+def bind(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` checked against method ``name``'s ``__init__`` (after ``student`` and ``teacher``), with
+    every default filled in: a typo or a missing required argument is an error that names it."""
+    cls = method_class(name)
+    accepted = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, student, teacher
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in accepted):
+        raise TypeError(f"method {name!r}: **kwargs/*args in __init__ cannot be bound; name every argument")
+    names = [p.name for p in accepted]
+    unknown = sorted(set(arguments) - set(names))
+    if unknown:
+        raise TypeError(f"method {name!r} has no argument {', '.join(map(repr, unknown))}; "
+                        f"it takes: {', '.join(names) or 'none'}")
+    bound = {}
+    for p in accepted:
+        if p.name in arguments:
+            bound[p.name] = arguments[p.name]
+        elif p.default is inspect.Parameter.empty:
+            raise TypeError(f"method {name!r} needs argument {p.name!r}")
+        else:
+            bound[p.name] = p.default
+    return bound
+
+
+def create(name: str, student: nn.Module, teacher: nn.Module | None = None, **hparams) -> Method:
+    """Build method ``name`` around ``student`` (and ``teacher`` where the method needs one)."""
+    return method_class(name)(student, teacher, **hparams)

@@ -1,12 +1,13 @@
 """The shape every distillation method shares (after mdistiller's one-class-per-method layout).
 
 A method owns the student, any extra trainable modules (connectors, encoders) and a frozen reference to the
-teacher. ``forward(x, y)`` returns the student's logits and a dict of named, already-weighted loss terms; the
-trainer sums the terms. Methods that pre-train or freeze parts declare :class:`Stage` s.
+teacher. ``forward(x, y, context)`` returns the student's logits and a dict of named, already-weighted loss
+terms; the trainer sums the terms. Methods that pre-train or freeze parts declare :class:`Stage` s; the
+:class:`Context` tells a method where training is, so it computes only what the current stage uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +18,13 @@ class Stage:
     """One phase of training.
 
     ``epochs=None`` takes whatever the schedule has left; ``terms`` names the loss terms summed in this stage
-    (``None``: all); ``frozen`` lists module-name prefixes (inside the method, e.g. ``"student.stage1"``) whose
-    parameters are not updated; ``lr_scale`` multiplies the schedule's learning rate.
+    (``None``: all); ``frozen`` lists prefixes inside the method (``"student.stage1"``; see
+    :mod:`kdnb.modules` for the prefix rule) whose parameters get no gradient and whose modules run in eval
+    mode; ``weights`` multiplies terms in this stage (``{"kd": 0.5}``; a weight of 0 drops the term);
+    ``lr_scale`` multiplies the schedule's learning rate.
+
+    The learning-rate schedule runs over the whole run, across stages; ``restart_schedule=True`` runs it
+    afresh over this stage alone (e.g. a pre-training phase with its own decay).
     """
 
     name: str
@@ -26,6 +32,48 @@ class Stage:
     terms: tuple[str, ...] | None = None
     frozen: tuple[str, ...] = ()
     lr_scale: float = 1.0
+    weights: tuple[tuple[str, float], ...] = ()
+    restart_schedule: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", tuple(sorted(self.weights.items())))
+        if self.terms is not None:
+            object.__setattr__(self, "terms", tuple(self.terms))
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+
+    def weight(self, term: str) -> float:
+        return dict(self.weights).get(term, 1.0)
+
+    def uses(self, term: str) -> bool:
+        """Whether this stage sums ``term`` (with a non-zero weight)."""
+        return (self.terms is None or term in self.terms) and self.weight(term) != 0.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where training is, handed to the method at every step.
+
+    ``epoch`` and ``step`` count from 0 (``step`` within the epoch); ``progress`` is the fraction of the whole
+    run done before this step and ``stage_progress`` that of the current stage. Outside the trainer a method
+    gets :meth:`everything`: every term computed.
+    """
+
+    stage: Stage = field(default_factory=lambda: Stage("inspect"))
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    progress: float = 0.0
+    stage_progress: float = 0.0
+    lr: float = 0.0
+
+    @classmethod
+    def everything(cls) -> "Context":
+        return cls()
+
+    def uses(self, term: str) -> bool:
+        """Whether the current stage sums ``term``: skip the work (a teacher forward, explanation maps) if not."""
+        return self.stage.uses(term)
 
 
 @dataclass(frozen=True)
@@ -41,9 +89,16 @@ class Update:
 
 
 class Method(nn.Module):
-    """Base class: plain supervised training of ``student`` unless a subclass says otherwise."""
+    """Base class: plain supervised training of ``student`` unless a subclass says otherwise.
+
+    ``requires_teacher``/``takes_teacher`` are checked when a run is described, before anything trains.
+    ``version`` is part of every run key of the method: bump it when a fix changes what the method trains, and
+    only that method's runs are redone.
+    """
 
     requires_teacher = False
+    takes_teacher = True
+    version = 1
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -56,12 +111,12 @@ class Method(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
-    def losses(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def losses(self, x: Tensor, y: Tensor, context: Context | None = None) -> dict[str, Tensor]:
         """The named loss terms alone (the trainer sums them)."""
-        return self(x, y)[1]
+        return self(x, y, context)[1]
 
     def trainable(self) -> list[nn.Parameter]:
         """Student parameters plus those of any extra modules the method registered."""
@@ -73,9 +128,10 @@ class Method(nn.Module):
     def updates(self) -> list[Update]:
         return [Update("train")]
 
-    def update_losses(self, update: str, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def update_losses(self, update: str, x: Tensor, y: Tensor,
+                      context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits and loss terms of one update; single-update methods just run :meth:`forward`."""
-        return self(x, y)
+        return self(x, y, context)
 
     def evaluated(self) -> dict[str, nn.Module]:
         """Networks whose test metrics the trainer records: ``""`` → ``test_acc``, ``"peer"`` →

@@ -4,13 +4,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Method
+from .base import Context, Method
 
 
 class CE(Method):
     """The baseline: the student trained on labels alone, :math:`\\mathcal{L} = \\mathrm{CE}(y, z_s)`."""
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student(x)
         return logits, {"ce": F.cross_entropy(logits, y)}
 
@@ -50,10 +50,10 @@ class KD(Method):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        context = context or Context.everything()
         logits = self.student(x)
-        teacher_logits = self.teacher_logits(x)
-        return logits, {
-            "ce": (1.0 - self.alpha) * F.cross_entropy(logits, y),
-            "kd": self.alpha * kd_divergence(logits, teacher_logits, self.temperature),
-        }
+        terms = {"ce": (1.0 - self.alpha) * F.cross_entropy(logits, y)}
+        if context.uses("kd"):  # a CE-only stage never runs the teacher
+            terms["kd"] = self.alpha * kd_divergence(logits, self.teacher_logits(x), self.temperature)
+        return logits, terms

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import models
-from .base import Method, Update
+from ..modules import batchnorm_statistics_fixed
+from .base import Context, Method, Update
 from .kd import kd_divergence
 
 
@@ -18,6 +19,9 @@ class DML(Method):
     peer's current prediction, then the peer against the student's *updated* prediction. The peer is built with
     ``models.create(peer, ...)`` like the student; ``temperature`` softens both sides (1 in the paper).
     """
+
+    takes_teacher = False
+    version = 2  # 2: the other network's prediction no longer advances its BatchNorm statistics
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, peer: str | None = None,
                  temperature: float = 1.0) -> None:
@@ -33,22 +37,25 @@ class DML(Method):
         self.temperature = float(temperature)
 
     def updates(self) -> list[Update]:
-        return [Update("student", ("student.",)), Update("peer", ("peer.",))]
+        return [Update("student", ("student",)), Update("peer", ("peer",))]
 
     def _mutual(self, network: nn.Module, other: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = network(x)
-        with torch.no_grad():
+        # The other network's prediction is a target, not a training pass of it: its BN statistics advance
+        # only in its own update, once per batch.
+        with torch.no_grad(), batchnorm_statistics_fixed(other):
             other_logits = other(x)
         return logits, F.cross_entropy(logits, y), kd_divergence(logits, other_logits, self.temperature)
 
-    def update_losses(self, update: str, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def update_losses(self, update: str, x: Tensor, y: Tensor,
+                      context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if update == "student":
             logits, ce, kl = self._mutual(self.student, self.peer, x, y)
             return logits, {"ce": ce, "kl": kl}
         logits, ce, kl = self._mutual(self.peer, self.student, x, y)
         return logits, {"peer_ce": ce, "peer_kl": kl}
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Both losses from one forward pass (for inspection; training uses the alternating updates)."""
         logits, terms = self.update_losses("student", x, y)
         return logits, {**terms, **self.update_losses("peer", x, y)[1]}
