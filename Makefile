@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kdnb-installed
 PROFILE ?= book
 PYTEST_ARGS ?=
 
-.PHONY: setup book run site test lab bench browser clean clean-runs
+.PHONY: setup book run site test lab bench gpu-check browser clean clean-runs
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ test: setup browser    ## set up, run every test (unit, papermill smoke runs, si
 
 bench: setup
 	$(BIN)/python -m kdnb bench
+
+gpu-check: setup       ## the CUDA paths CPU tests cannot reach (minutes on one GPU); says so and exits 0 without CUDA
+	$(BIN)/python -m kdnb.gpu_check
 
 # JupyterLab opens book/**/*.md as notebooks (Jupytext Notebook as the default viewer for Markdown);
 # the setting lives in the venv, not in your home folder.
