@@ -50,7 +50,7 @@ from torch import nn
 
 from . import data, distill, models, probes, storage
 from .modules import parameters_under
-from .train import Schedule, Trainer, checkpoint_name
+from .train import Schedule, Trainer, checkpoint_name, step_of
 
 CACHE_VERSION = 2  # bump when a change to the code makes every old run wrong (2: stage-aware trainer)
 EVAL_BATCH_SIZE = 500
@@ -257,7 +257,7 @@ class Run:
     def checkpoint_path(self, epoch: float) -> Path:
         """The checkpoint file of ``epoch``, one of ``spec.schedule.checkpoints`` (fractions allowed)."""
         steps = self.spec.schedule.checkpoint_steps(self.metrics["steps_per_epoch"])
-        step = round(epoch * self.metrics["steps_per_epoch"])
+        step = step_of(epoch, self.metrics["steps_per_epoch"])
         if step not in steps or not any(abs(c - epoch) < 1e-9 for c in self.spec.schedule.checkpoints):
             raise ValueError(f"no checkpoint at epoch {epoch}; this run keeps {list(self.spec.schedule.checkpoints)}")
         return self.path / "ckpt" / checkpoint_name(step)

@@ -79,8 +79,13 @@ class Schedule:
         """``{optimizer steps done: checkpoint epoch}``; two checkpoints that fall on one step are kept once."""
         steps: dict[int, int | float] = {}
         for epoch in self.checkpoints:
-            steps.setdefault(round(epoch * steps_per_epoch), epoch)
+            steps.setdefault(step_of(epoch, steps_per_epoch), epoch)
         return steps
+
+
+def step_of(epoch: float, steps_per_epoch: int) -> int:
+    """Optimizer steps done at (possibly fractional) ``epoch``, halves rounded up (0.5 of 5 steps is 3)."""
+    return math.floor(epoch * steps_per_epoch + 0.5)
 
 
 def checkpoint_name(step: int) -> str:
@@ -155,7 +160,7 @@ def deterministic_kernels() -> Iterator[None]:
 
 
 def _plain(value: Any) -> bool:
-    if isinstance(value, (bool, int, float, str, type(None))):
+    if type(value) in (bool, int, float, str, type(None)):  # exact types: numpy's float64 subclasses float
         return True
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
@@ -239,7 +244,7 @@ class Trainer:
 
     def checkpoint_path(self, epoch: float) -> Path:
         """The checkpoint file of checkpoint epoch ``epoch`` (one of ``schedule.checkpoints``)."""
-        return self.run_dir / "ckpt" / checkpoint_name(round(epoch * self.steps_per_epoch))
+        return self.run_dir / "ckpt" / checkpoint_name(step_of(epoch, self.steps_per_epoch))
 
     def _optimizers(self, stage: Stage) -> list[tuple[Update, torch.optim.Optimizer]]:
         """One SGD optimiser per update of the method, over its parameters that this stage does not freeze
