@@ -358,6 +358,19 @@ def test_identity_ignores_device_threads_and_where_the_spec_came_from(monkeypatc
     assert "device" not in spec.identity() and "method_version" in spec.identity()
 
 
+def test_part0_teacher_is_the_shared_recipe(smoke_book):
+    """Chapter 0 trains its teacher through :func:`kdnb.recipes.teacher`, the spec Parts II and III ask for."""
+    import nbformat
+
+    from kdnb import notebooks, profiles, recipes
+    from test_notebooks import glued
+
+    chapter = next(c for c in smoke_book if c.stem == "distillation")
+    assert smoke_book[chapter].error is None, smoke_book[chapter].error
+    values = glued(nbformat.read(notebooks.executed_path(chapter), as_version=4))
+    assert values["teacher_key"] == recipes.teacher(profiles.get("smoke"), model="resnet20").key()
+
+
 # ------------------------------------------------------------------------------- 6. a bug is not damage
 def test_a_state_that_does_not_unpickle_is_raised_not_restarted(tmp_path):
     spec = tiny_spec(epochs=2)
