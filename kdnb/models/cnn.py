@@ -14,7 +14,9 @@ both grow: cnn6 < cnn8 < cnn10.
 
 Features: ``convJ.pre`` (BN output of the J-th conv, before ReLU) and ``convJ``
 (= relu(convJ.pre), before any pooling) for J = 1..D-1, numbered through the
-whole network; then ``pooled`` (B, 128) and ``logits``.
+whole network; then ``pooled`` (B, 128) and ``logits``. Conv J is the module
+``groups.{g}.{i}`` (layer i of group g), so for cnn6 ``prefixes_up_to("conv2")`` is
+``("groups.0", "groups.1.0")``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv_bn_groups, global_avg_pool, init_weights, record
+from kdnb.models.base import FeatureModel, Features, Layout, conv_bn_groups, global_avg_pool, init_weights, record
 
 CNN_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "cnn6": ((32,), (64, 64), (128, 128)),
@@ -44,11 +46,13 @@ class PlainCNN(FeatureModel):
         self.groups, width_out = conv_bn_groups(in_channels, CNN_CONFIGS[variant])
         self.classifier = nn.Linear(width_out, num_classes)
 
-        num_convs = sum(len(group) for group in self.groups)
-        self.feature_names = tuple(
-            name for j in range(1, num_convs + 1) for name in (f"conv{j}.pre", f"conv{j}")
-        ) + ("pooled", "logits")
+        self._set_feature_names()
         init_weights(self)
+
+    def _layout(self) -> Layout:
+        modules = [f"groups.{g}.{i}" for g, group in enumerate(self.groups) for i in range(len(group))]
+        convs: Layout = [(module, (f"conv{j}.pre", f"conv{j}")) for j, module in enumerate(modules, start=1)]
+        return [*convs, (None, ("pooled",)), ("classifier", ("logits",))]
 
     def _run(self, x: Tensor, features: Features | None) -> Tensor:
         conv_index = 0

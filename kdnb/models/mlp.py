@@ -8,7 +8,8 @@ Defaults give 784-1024-1024-10 for 28x28 single-channel inputs; the input width 
 Features: ``fcJ.pre`` (the J-th hidden Linear output, before ReLU) and ``fcJ``
 (= relu(fcJ.pre), before dropout) for each hidden layer, then ``pooled`` (the last
 hidden vector as fed to the classifier, i.e. after dropout; equal to the last
-``fcJ`` in eval mode) and ``logits``.
+``fcJ`` in eval mode) and ``logits``. Hidden layer J is the module
+``hidden_layers.{J-1}``, so ``prefixes_up_to("fc1")`` is ``("hidden_layers.0",)``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, record
+from kdnb.models.base import FeatureModel, Features, Layout, record
 
 
 class MLP(FeatureModel):
@@ -56,9 +57,12 @@ class MLP(FeatureModel):
         self.hidden_layers = nn.ModuleList(layers)
         self.classifier = nn.Linear(width_in, num_classes)
 
-        self.feature_names = tuple(
-            name for j in range(1, len(layers) + 1) for name in (f"fc{j}.pre", f"fc{j}")
-        ) + ("pooled", "logits")
+        self._set_feature_names()
+
+    def _layout(self) -> Layout:
+        count = len(self.hidden_layers)
+        hidden: Layout = [(f"hidden_layers.{j - 1}", (f"fc{j}.pre", f"fc{j}")) for j in range(1, count + 1)]
+        return [*hidden, (None, ("pooled",)), ("classifier", ("logits",))]
 
     def _run(self, x: Tensor, features: Features | None) -> Tensor:
         x = x.flatten(1)

@@ -12,9 +12,19 @@ mdistiller, torchdistill) rather than the parameter-free "option A" of the paper
 so counts are a few thousand parameters above the paper's (e.g. resnet20:
 272,474 here vs 0.27M).
 
-Features (``forward_features``): ``stem``, then for K = 1, 2, 3 ``stageK.pre``
-(the residual sum of the stage's last block, before its ReLU) and ``stageK``
-(= relu(stageK.pre), the stage output), then ``pooled`` (B, 64) and ``logits``.
+Features (``forward_features``), in this order:
+
+* ``stem``: relu(BN(stem conv)).
+* for K = 1, 2, 3 and J = 1..n: ``stageK.blockJ.pre`` (block J's residual sum, before
+  its ReLU) and ``stageK.blockJ`` (= relu of it, the block output). Block J is the
+  module ``stageK.{J-1}``. ``stageK.block1`` and ``stageK.blockN`` have the same
+  spatial size (the stride sits in block 1), the pair FSP (Yim et al. 2017, "A Gift
+  from Knowledge Distillation") takes as the first and last map of a stage.
+* ``stageK.pre`` and ``stageK``: the stage output, the same tensors as
+  ``stageK.blockN.pre`` and ``stageK.blockN``.
+* ``pooled`` (B, 64) and ``logits``.
+
+``model.prefixes_up_to("stage2.block1")`` is ``("stem", "stage1", "stage2.0")``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv1x1, conv3x3, global_avg_pool, init_weights, record
+from kdnb.models.base import (
+    FeatureModel,
+    Features,
+    Layout,
+    conv1x1,
+    conv3x3,
+    flatten_pairs,
+    global_avg_pool,
+    init_weights,
+    record,
+)
 
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -63,16 +83,14 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class CifarResNet(FeatureModel):
-    """ResNet-(6n+2) for 32x32 (or 28x28) images; see the module docstring."""
+class ResNetBody(FeatureModel):
+    """Stem and three stages of a CIFAR ResNet, shared by :class:`CifarResNet` and the
+    FC-headed :class:`~kdnb.models.resnet_fc.ResNetFC`. Sets the modules ``stem``,
+    ``stage1``, ``stage2``, ``stage3``."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
+    def _build_body(self, depth: int, in_channels: int) -> None:
         n = blocks_per_stage(depth)
-        self.name = f"resnet{depth}"
-        self.config = {"num_classes": num_classes, "in_channels": in_channels}
         self.depth = depth
-
         self.stem = nn.Sequential(conv3x3(in_channels, STAGE_WIDTHS[0]), nn.BatchNorm2d(STAGE_WIDTHS[0]))
         stages = []
         width_in = STAGE_WIDTHS[0]
@@ -81,28 +99,57 @@ class CifarResNet(FeatureModel):
             stages.append(nn.Sequential(*blocks))
             width_in = width
         self.stage1, self.stage2, self.stage3 = stages
-        self.classifier = nn.Linear(STAGE_WIDTHS[-1], num_classes)
+        # (pre-ReLU name, name) pairs per stage and block, built once so the forward pass
+        # formats no strings; the last block of a stage also provides the stage feature.
+        self._block_names = [
+            [
+                ((f"stage{k}.block{j}.pre", f"stage{k}.block{j}"),)
+                + (((f"stage{k}.pre", f"stage{k}"),) if j == n else ())
+                for j in range(1, n + 1)
+            ]
+            for k in (1, 2, 3)
+        ]
 
-        self.feature_names = (
-            "stem",
-            "stage1.pre", "stage1",
-            "stage2.pre", "stage2",
-            "stage3.pre", "stage3",
-            "pooled", "logits",
-        )  # fmt: skip
-        init_weights(self)
-
-    def _run(self, x: Tensor, features: Features | None) -> Tensor:
+    def _run_body(self, x: Tensor, features: Features | None) -> Tensor:
+        """Stem and stages; returns the stage-3 output. Every block runs as residual sum then ReLU,
+        the same operations as ``block(x)``, so recording costs nothing when ``features`` is None."""
         x = F.relu(self.stem(x))
         record(features, "stem", x)
-        for stage_name, stage in (("stage1", self.stage1), ("stage2", self.stage2), ("stage3", self.stage3)):
-            for block_index in range(len(stage) - 1):
-                x = stage[block_index](x)
-            # Run the last block in two steps so its pre-ReLU sum can be recorded at no extra cost.
-            pre = stage[-1].residual_sum(x)
-            x = F.relu(pre)
-            record(features, f"{stage_name}.pre", pre)
-            record(features, stage_name, x)
+        for stage, stage_names in zip((self.stage1, self.stage2, self.stage3), self._block_names):
+            for block, pairs in zip(stage, stage_names):
+                pre = block.residual_sum(x)
+                x = F.relu(pre)
+                if features is not None:
+                    for pre_name, name in pairs:
+                        features[pre_name] = pre
+                        features[name] = x
+        return x
+
+    def _body_layout(self) -> Layout:
+        """Steps of :meth:`_run_body`: the stem, then one step per block (module ``stageK.{J-1}``)."""
+        layout: Layout = [("stem", ("stem",))]
+        for k, stage_names in enumerate(self._block_names, start=1):
+            layout += [(f"stage{k}.{j}", flatten_pairs(pairs)) for j, pairs in enumerate(stage_names)]
+        return layout
+
+
+class CifarResNet(ResNetBody):
+    """ResNet-(6n+2) for 32x32 (or 28x28) images; see the module docstring."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.name = f"resnet{depth}"
+        self.config = {"num_classes": num_classes, "in_channels": in_channels}
+        self._build_body(depth, in_channels)
+        self.classifier = nn.Linear(STAGE_WIDTHS[-1], num_classes)
+        self._set_feature_names()
+        init_weights(self)
+
+    def _layout(self) -> Layout:
+        return [*self._body_layout(), (None, ("pooled",)), ("classifier", ("logits",))]
+
+    def _run(self, x: Tensor, features: Features | None) -> Tensor:
+        x = self._run_body(x, features)
         pooled = global_avg_pool(x)
         record(features, "pooled", pooled)
         logits = self.classifier(pooled)

@@ -16,7 +16,11 @@ than 2x2. Convolutions have no bias since BN follows each one.
 
 Features: ``blockK.pre`` (the last BN output of block K, before its ReLU) and
 ``blockK`` (= relu(blockK.pre), before any pooling) for K = 1..5, then ``pooled``
-(B, 512) and ``logits``.
+(B, 512) and ``logits``. Block K is the module ``blocks.{K-1}`` (its layers
+``blocks.{K-1}.{i}``), so ``prefixes_up_to("block2")`` is ``("blocks.0", "blocks.1")``.
+
+The conv trunk (:func:`run_blocks`) is shared with the FC-headed ``vggD-fc`` nets of
+:mod:`kdnb.models.vgg_fc`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv_bn_groups, global_avg_pool, init_weights, record
+from kdnb.models.base import FeatureModel, Features, Layout, conv_bn_groups, global_avg_pool, init_weights, record
 
 VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),
@@ -33,6 +37,27 @@ VGG_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
 
 # Below this map width the optional pool after block 4 is skipped (see module docstring).
 MIN_WIDTH_FOR_FOURTH_POOL = 8
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, features: Features | None) -> Tensor:
+    """The VGG conv trunk: each block's conv-BN-ReLU layers, recording ``blockK.pre`` and
+    ``blockK``, with the pooling rule of the module docstring. Returns the last block's
+    (unpooled) output."""
+    for index, block in enumerate(blocks):
+        for layer_index in range(len(block) - 1):
+            x = F.relu(block[layer_index](x), inplace=True)  # in-place: never exposed
+        pre = block[-1](x)
+        x = F.relu(pre)
+        record(features, f"block{index + 1}.pre", pre)
+        record(features, f"block{index + 1}", x)
+        if index < 3 or (index == 3 and x.shape[-1] >= MIN_WIDTH_FOR_FOURTH_POOL):
+            x = F.max_pool2d(x, 2)
+    return x
+
+
+def blocks_layout(blocks: nn.ModuleList) -> Layout:
+    """Steps of :func:`run_blocks`: one per block, module ``blocks.{K-1}``."""
+    return [(f"blocks.{k}", (f"block{k + 1}.pre", f"block{k + 1}")) for k in range(len(blocks))]
 
 
 class VGG(FeatureModel):
@@ -47,22 +72,14 @@ class VGG(FeatureModel):
 
         self.blocks, width_out = conv_bn_groups(in_channels, VGG_CONFIGS[variant])
         self.classifier = nn.Linear(width_out, num_classes)
-
-        self.feature_names = tuple(
-            name for k in range(1, len(self.blocks) + 1) for name in (f"block{k}.pre", f"block{k}")
-        ) + ("pooled", "logits")
+        self._set_feature_names()
         init_weights(self)
 
+    def _layout(self) -> Layout:
+        return [*blocks_layout(self.blocks), (None, ("pooled",)), ("classifier", ("logits",))]
+
     def _run(self, x: Tensor, features: Features | None) -> Tensor:
-        for index, block in enumerate(self.blocks):
-            for layer_index in range(len(block) - 1):
-                x = F.relu(block[layer_index](x), inplace=True)  # in-place: never exposed
-            pre = block[-1](x)
-            x = F.relu(pre)
-            record(features, f"block{index + 1}.pre", pre)
-            record(features, f"block{index + 1}", x)
-            if index < 3 or (index == 3 and x.shape[-1] >= MIN_WIDTH_FOR_FOURTH_POOL):
-                x = F.max_pool2d(x, 2)
+        x = run_blocks(self.blocks, x, features)
         pooled = global_avg_pool(x)
         record(features, "pooled", pooled)
         logits = self.classifier(pooled)

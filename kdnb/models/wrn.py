@@ -22,6 +22,23 @@ this package -- ``relu(X.pre) == X`` -- the features are:
 * ``stageK``: relu(stageK.pre), the activated tensor the next layer consumes.
   For stage 3 this is the final BN-ReLU output that is pooled.
 * ``pooled`` (B, 64k) and ``logits``.
+
+Per-block features follow the same pattern, for K = 1, 2, 3 and J = 1..n (block J is
+the module ``stageK.{J-1}``):
+
+* ``stageK.blockJ.sum``: the raw output of block J;
+* ``stageK.blockJ.pre``: BN of it with the BN applied next (``bn1`` of the following
+  block; for the last block of a stage, the same tensor as ``stageK.pre``);
+* ``stageK.blockJ``: relu(stageK.blockJ.pre).
+
+So the last block of a stage gives the stage features (``stageK.blockN.sum`` is
+``stageK.sum``), and ``stageK.block1`` and ``stageK.blockN`` have equal spatial size:
+the first and last maps of a stage, as FSP (Yim et al. 2017) pairs them. Features are
+ordered as computed: a block's ``.pre`` and activated output come after its ``.sum``
+(and after the stage's ``.sum`` for the last block), since the next block computes them.
+
+``model.prefixes_up_to("stage1")`` is ``("stem", "stage1", "stage2.0.bn1")``: the BN
+that activates stage 1's sum lives in stage 2's first block.
 """
 
 from __future__ import annotations
@@ -29,7 +46,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdnb.models.base import FeatureModel, Features, conv1x1, conv3x3, global_avg_pool, init_weights, record
+from kdnb.models.base import (
+    FeatureModel,
+    Features,
+    Layout,
+    conv1x1,
+    conv3x3,
+    flatten_pairs,
+    global_avg_pool,
+    init_weights,
+    record,
+)
 
 STEM_WIDTH = 16
 BASE_WIDTHS = (16, 32, 64)
@@ -38,7 +65,7 @@ STAGE_STRIDES = (1, 2, 2)
 
 class PreActBlock(nn.Module):
     """Pre-activation basic block. ``forward`` = ``activate`` then ``finish``; the split
-    lets the network record the first block's BN output as the previous stage's feature."""
+    lets the network record a block's BN output as the previous block's (or stage's) feature."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
         super().__init__()
@@ -112,37 +139,59 @@ class WideResNet(FeatureModel):
         self.final_bn = nn.BatchNorm2d(widths[-1])
         self.classifier = nn.Linear(widths[-1], num_classes)
 
-        self.feature_names = (
-            "stem",
-            "stage1.sum", "stage1.pre", "stage1",
-            "stage2.sum", "stage2.pre", "stage2",
-            "stage3.sum", "stage3.pre", "stage3",
-            "pooled", "logits",
-        )  # fmt: skip
+        # Names built once, so the forward pass formats no strings. For block J of stage K:
+        # the names of its raw sum, and the (pre, activated) pairs the next BN-ReLU provides.
+        self._sum_names = [
+            [(f"stage{k}.block{j}.sum",) + ((f"stage{k}.sum",) if j == n else ()) for j in range(1, n + 1)]
+            for k in (1, 2, 3)
+        ]
+        self._activation_names = [
+            [
+                ((f"stage{k}.block{j}.pre", f"stage{k}.block{j}"),)
+                + (((f"stage{k}.pre", f"stage{k}"),) if j == n else ())
+                for j in range(1, n + 1)
+            ]
+            for k in (1, 2, 3)
+        ]
+        self._set_feature_names()
         init_weights(self)
 
     def _run(self, x: Tensor, features: Features | None) -> Tensor:
         x = self.stem(x)
         record(features, "stem", x)
-        previous = None  # name of the stage whose raw sum ``x`` currently is
-        for stage_name, stage in (("stage1", self.stage1), ("stage2", self.stage2), ("stage3", self.stage3)):
-            first = stage[0]
-            pre, activated = first.activate(x)
-            if previous is not None:
-                # The first block's BN-ReLU activates the previous stage's output.
-                record(features, f"{previous}.pre", pre)
-                record(features, previous, activated)
-            x = first.finish(x, activated)
-            for block_index in range(1, len(stage)):
-                x = stage[block_index](x)
-            record(features, f"{stage_name}.sum", x)
-            previous = stage_name
+        pending: tuple[tuple[str, str], ...] = ()  # names of what the next BN-ReLU activates (none for the stem)
+        stages = (self.stage1, self.stage2, self.stage3)
+        for stage, sum_names, activation_names in zip(stages, self._sum_names, self._activation_names):
+            for block, block_sums, block_activations in zip(stage, sum_names, activation_names):
+                # ``activate`` then ``finish`` is exactly ``block(x)``; the split exposes bn1's output,
+                # which belongs to the previous block's features.
+                pre, activated = block.activate(x)
+                x = block.finish(x, activated)
+                if features is not None:
+                    for pre_name, name in pending:
+                        features[pre_name] = pre
+                        features[name] = activated
+                    for name in block_sums:
+                        features[name] = x
+                pending = block_activations
         pre = self.final_bn(x)
         x = F.relu(pre)
-        record(features, "stage3.pre", pre)
-        record(features, "stage3", x)
+        if features is not None:
+            for pre_name, name in pending:
+                features[pre_name] = pre
+                features[name] = x
         pooled = global_avg_pool(x)
         record(features, "pooled", pooled)
         logits = self.classifier(pooled)
         record(features, "logits", logits)
         return logits
+
+    def _layout(self) -> Layout:
+        layout: Layout = [("stem", ("stem",))]
+        pending: tuple[str, ...] = ()
+        for k, (sum_names, activation_names) in enumerate(zip(self._sum_names, self._activation_names), start=1):
+            for j, (block_sums, block_activations) in enumerate(zip(sum_names, activation_names)):
+                layout.append((f"stage{k}.{j}.bn1", pending))
+                layout.append((f"stage{k}.{j}", block_sums))
+                pending = flatten_pairs(block_activations)
+        return [*layout, ("final_bn", pending), (None, ("pooled",)), ("classifier", ("logits",))]
