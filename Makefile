@@ -50,6 +50,11 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 	  || echo "note: chromium not installed; the site test will be skipped (apt-get install chromium)"; }
 
+# The JavaScript and fonts the site serves itself (MathJax 3, the widget manager), re-fetched from npm with their
+# licences. The result is committed: building the book needs neither npm nor a network.
+vendor:
+	sh book/_vendor/fetch.sh
+
 clean:
 	$(BIN)/python -m kdnb clean
 

@@ -146,24 +146,47 @@ def run(names: list[str], profile: str | None) -> int:
     return 1 if failures else 0
 
 
-def _bundle_mathjax(config: dict) -> None:
-    """Serve MathJax from the site itself (the copy that ships in ``jupyter-server-mathjax``), so equations
-    render for readers without internet access; Sphinx would otherwise load it from a CDN."""
-    import jupyter_server_mathjax
+# JavaScript and fonts the site serves itself (vendored from npm by `make vendor`, licences beside them), so that
+# pages need no network: MathJax 3 for equations, @jupyter-widgets/html-manager for explorers.
+VENDOR = BOOK / "_vendor"
+SITE_VENDOR = "vendor"  # their folder in the built site
+MATHJAX_JS = "tex-chtml-full.js"   # in _vendor/mathjax/
+WIDGETS_JS = "embed.js"            # in _vendor/html-manager/
+WIDGETS_MATHJAX_SHIM = "widgets-mathjax3.js"  # ours, in _vendor/kdnb/
 
-    # html_extra_path, not _static: Jupyter Book adds every .js under _static to every page as a <script>.
+
+def _serve_vendored(config: dict, name: str) -> str:
+    """Copy ``book/_vendor/<name>`` into the site (through ``html_extra_path``) and return the path of the
+    copy relative to ``_static/``, the folder Sphinx resolves script paths against."""
+    source = VENDOR / name
+    if not source.is_dir():
+        raise SystemExit(f"cannot build the site: {source.relative_to(ROOT)} is missing (run `make vendor`)")
+    # html_extra_path, not html_static_path: Jupyter Book adds every .js under a static path to every page
+    # when the source has a _static/ folder.
     extra = SITE_SOURCE / "_extra"
-    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", extra / "mathjax")
+    shutil.copytree(source, extra / SITE_VENDOR / name)
     sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
     sphinx_config["html_extra_path"] = ["_extra"]
-    # mathjax_path is relative to _static/ in the built site.
-    sphinx_config["mathjax_path"] = "../mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
-    # That copy is MathJax 2: MyST's MathJax 3 settings do not apply, so tell v2 itself to typeset the math
-    # spans inside the page sections that MyST marks tex2jax_ignore.
-    sphinx_config["myst_update_mathjax"] = False
-    sphinx_config["mathjax2_config"] = {"tex2jax": {
-        "processClass": "tex2jax_process|mathjax_process|math|output_area",
-        "inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True}}
+    return f"../{SITE_VENDOR}/{name}"
+
+
+def _bundle_mathjax(config: dict) -> None:
+    """Serve MathJax 3 (the TeX-to-CHTML component with every TeX extension built in, and its woff fonts) from
+    the site itself, so equations typeset without a network, over http and from ``file://``; Sphinx would
+    otherwise load it from a CDN. MyST's MathJax 3 settings apply as they are."""
+    folder = _serve_vendored(config, "mathjax")
+    config["sphinx"]["config"]["mathjax_path"] = f"{folder}/{MATHJAX_JS}"
+
+
+def _bundle_widgets_js(config: dict) -> None:
+    """Serve the widget manager for static pages (``embed.js`` of ``@jupyter-widgets/html-manager``, with the
+    fonts it loads relative to itself) from the site itself; myst-nb adds it to the pages that hold widget
+    state only. Its default loads require.js and the manager from CDNs: offline, explorers stay blank.
+    Before it, a shim of ours (``_vendor/kdnb/``) gives MathJax 3 the MathJax 2 call the controls make."""
+    folder = _serve_vendored(config, "html-manager")
+    shims = _serve_vendored(config, "kdnb")
+    config["sphinx"]["config"]["nb_ipywidgets_js"] = {f"{shims}/{WIDGETS_MATHJAX_SHIM}": {"defer": "defer"},
+                                                      f"{folder}/{WIDGETS_JS}": {}}
 
 
 def _stage_site_source() -> Path:
@@ -179,11 +202,13 @@ def _stage_site_source() -> Path:
     config["exclude_patterns"] = [p for p in config.get("exclude_patterns", []) if "ipynb" not in p
                                   or "checkpoints" in p]
     _bundle_mathjax(config)
+    _bundle_widgets_js(config)
     (SITE_SOURCE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copy(ROOT / "_toc.yml", SITE_SOURCE / "_toc.yml")
     # literalinclude paths in pages are relative to the repository layout.
     (SITE_SOURCE / "kdnb").symlink_to(ROOT / "kdnb", target_is_directory=True)
-    shutil.copytree(BOOK, SITE_SOURCE / "book", ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    shutil.copytree(BOOK, SITE_SOURCE / "book",
+                    ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", VENDOR.name))
     problems = []
     for chapter in chapters():
         executed = executed_path(chapter)

@@ -2,19 +2,27 @@
 
 Chromium is Debian's ``chromium`` (``make browser`` installs it where it can). Without it the browser tests
 are skipped, unless ``KDNB_REQUIRE_BROWSER=1`` (CI), where they fail.
+
+The offline tests drive Chromium over the DevTools protocol (:class:`DevTools`, on ``websocket-client``) with
+every non-local request blocked and recorded: the site must typeset its equations and run its explorers with
+what it serves itself, over http and from ``file://``.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
+import nbformat
 import pytest
 import yaml
 from bs4 import BeautifulSoup
@@ -157,11 +165,13 @@ def test_page_in_browser(path: str, chapter: Path | None, server: str, built_sit
 
     if chapter is None:
         return
-    # Equations must render offline: every math span typeset by the MathJax copy bundled with the site.
-    maths = soup.select("span.math.notranslate, div.math.notranslate")  # MathJax 2 adds span.math of its own
+    # Equations must render offline: every math span typeset by the MathJax 3 copy served with the site.
+    maths = soup.select("span.math.notranslate, div.math.notranslate")
     assert maths, f"{path}: no equations found (the chapter has some)"
-    raw = [m.get_text()[:60] for m in maths if not m.select(".MathJax, .MathJax_Display, script")]
+    raw = [m.get_text()[:60] for m in maths if not m.select("mjx-container[jax=CHTML]")]
     assert not raw, f"{path}: {len(raw)} of {len(maths)} equations not typeset, e.g. {raw[:3]}"
+    broken = [m.get_text()[:60] for m in maths if m.select("mjx-merror")]
+    assert not broken, f"{path}: MathJax could not typeset {broken[:3]}"
     pngs = []
     for img in soup.find_all("img"):
         src = img.get("src", "")
@@ -187,3 +197,334 @@ def test_chapter_screenshot(server: str, tmp_path):
     assert shot.stat().st_size > 20_000, f"screenshot is only {shot.stat().st_size} bytes: a blank page?"
     SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOT_COPY)
+
+
+# ------------------------------------------------------------------------------------------------- offline
+
+# jupyter-book 1.0.4 puts sphinx-thebe's snippet into <head> twice, on every page: the second `const` throws.
+ALLOWED_PAGE_EXCEPTION = "Identifier 'THEBE_JS_URL' has already been declared"
+# Requests a page makes to show itself: each must succeed (status 200, http or file://).
+LOADED_TYPES = {"Document", "Script", "Stylesheet", "Font", "Image", "XHR", "Fetch"}
+SCHEMES = ("http", "file")
+
+
+def is_local(url: str) -> bool:
+    parsed = urlparse(url)
+    if parsed.scheme in ("data", "blob", "file", "about", "chrome-error"):
+        return True
+    return parsed.scheme in ("http", "https", "ws", "wss") and parsed.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol: one page, every non-local request failed and
+    recorded (``non_local``), every request's outcome (``requests``) and page exception (``exceptions``) kept.
+    A closed proxy port catches anything the interception would miss (loopback always bypasses proxies)."""
+
+    def __init__(self, profile_dir: Path, timeout: float = BROWSER_TIMEOUT):
+        import websocket  # websocket-client
+
+        self._websocket = websocket
+        self.timeout = timeout
+        self.requests: dict[str, dict] = {}
+        self.non_local: list[str] = []
+        self.exceptions: list[str] = []
+        self._next_id = 0
+        self.process = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile_dir}", "--remote-debugging-port=0", "--proxy-server=http://127.0.0.1:9",
+             "--window-size=1280,1600", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port_file = Path(profile_dir) / "DevToolsActivePort"
+            deadline = time.monotonic() + timeout
+            while not (port_file.is_file() and len(port_file.read_text().split()) >= 2):
+                if self.process.poll() is not None:
+                    pytest.fail(f"chromium exited {self.process.returncode} before opening its DevTools port")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"chromium opened no DevTools port within {timeout} s")
+                time.sleep(0.1)
+            port, browser_path = port_file.read_text().split()[:2]
+            self.socket = websocket.create_connection(f"ws://127.0.0.1:{port}{browser_path}", timeout=timeout,
+                                                      suppress_origin=True)
+            target = self.call("Target.createTarget", url="about:blank")["targetId"]
+            self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            for domain in ("Page", "Network", "Runtime"):
+                self.call(f"{domain}.enable", self.session)
+            self.call("Fetch.enable", self.session, patterns=[{"urlPattern": "*"}])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        socket = getattr(self, "socket", None)
+        if socket is not None:
+            socket.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _send(self, method: str, session: str | None = None, **params) -> int:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.socket.send(json.dumps(message))
+        return self._next_id
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        wanted = self._send(method, session, **params)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            message = self._receive(deadline)
+            if message is not None and message.get("id") == wanted:
+                if "error" in message:
+                    raise AssertionError(f"DevTools {method}: {message['error']}")
+                return message.get("result", {})
+            if time.monotonic() > deadline:
+                pytest.fail(f"chromium did not answer {method} within {self.timeout} s")
+
+    def _receive(self, deadline: float) -> dict | None:
+        self.socket.settimeout(max(0.01, min(deadline - time.monotonic(), 0.5)))
+        try:
+            message = json.loads(self.socket.recv())
+        except self._websocket.WebSocketTimeoutException:
+            return None
+        if "method" in message:
+            self._event(message["method"], message.get("params", {}), message.get("sessionId"))
+        return message
+
+    def _event(self, method: str, params: dict, session: str | None) -> None:
+        if method == "Fetch.requestPaused":
+            url = params["request"]["url"]
+            if is_local(url):
+                self._send("Fetch.continueRequest", session, requestId=params["requestId"])
+            else:
+                self.non_local.append(url)
+                self._send("Fetch.failRequest", session, requestId=params["requestId"], errorReason="BlockedByClient")
+        elif method == "Network.requestWillBeSent":
+            url = params["request"]["url"]
+            self.requests[params["requestId"]] = {"url": url, "type": params.get("type"), "status": None, "error": None}
+            if not is_local(url) and url not in self.non_local:
+                self.non_local.append(url)
+        elif method == "Network.responseReceived":
+            request = self.requests.setdefault(params["requestId"], {"url": params["response"]["url"], "error": None})
+            request.update(status=params["response"]["status"], type=params.get("type"))
+        elif method == "Network.loadingFailed":
+            request = self.requests.setdefault(params["requestId"], {"url": "?", "status": None})
+            request.update(error=params["errorText"], type=params.get("type"))
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            self.exceptions.append(details.get("exception", {}).get("description") or details.get("text", "?"))
+
+    def evaluate(self, expression: str, awaited: bool = False):
+        result = self.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True,
+                           awaitPromise=awaited)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            raise AssertionError(f"{expression[:200]}\nthrew {details.get('exception', {}).get('description')}")
+        return result["result"].get("value")
+
+    def pause(self, seconds: float) -> None:
+        """Wait, handling events (paused requests must be answered)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._receive(end)
+
+    def wait_for(self, expression: str, what: str, timeout: float = 30, awaited: bool = False):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression, awaited)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout} s waiting for {what}; non-local requests (blocked): "
+                            f"{self.non_local[:5]}; page exceptions: {[e[:300] for e in self.exceptions]}")
+            self.pause(0.2)
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", self.session, url=url)
+        self.wait_for("document.readyState === 'complete' && location.href !== 'about:blank'", f"{url} to load")
+
+    def press(self, key: str, keycode: int) -> None:
+        for kind in ("rawKeyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", self.session, type=kind, key=key, code=key,
+                      windowsVirtualKeyCode=keycode, nativeVirtualKeyCode=keycode)
+
+    def settle(self, timeout: float = 15) -> None:
+        """Wait until no request of the page is still in flight."""
+        deadline = time.monotonic() + timeout
+        while [r for r in self.requests.values() if r.get("type") in LOADED_TYPES
+               and r.get("status") is None and r.get("error") is None] and time.monotonic() < deadline:
+            self.pause(0.2)
+
+    def assert_clean(self, url: str) -> None:
+        """No non-local request, every page request succeeded, no page exception but jupyter-book's own."""
+        self.settle()
+        assert not self.non_local, f"{url} made non-local requests (blocked): {self.non_local[:5]}"
+        failed = [f"{r['url']} -> {r.get('error') or r.get('status')}" for r in self.requests.values()
+                  if r.get("type") in LOADED_TYPES and (r.get("error") is not None or r.get("status") != 200)]
+        assert not failed, f"{url}: {len(failed)} requests failed:\n" + "\n".join(failed[:10])
+        thrown = [e for e in self.exceptions if ALLOWED_PAGE_EXCEPTION not in e]
+        assert not thrown, f"{url}: page exceptions:\n" + "\n\n".join(e[:1500] for e in thrown)
+
+
+@pytest.fixture
+def devtools(tmp_path):
+    chromium()
+    browser = DevTools(tmp_path / "chromium")
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def chapter_url(scheme: str, chapter: Path, server: str, built_site: Path) -> str:
+    path = chapter.relative_to(ROOT).with_suffix(".html").as_posix()
+    return urljoin(server, path) if scheme == "http" else (built_site / path).as_uri()
+
+
+# MathJax 3 has typeset the page and every font it asked for has arrived.
+MATHJAX_DONE = ("window.MathJax && MathJax.startup && MathJax.startup.promise ? "
+                "MathJax.startup.promise.then(() => document.fonts.ready).then(() => true) : false")
+MATH_REPORT = """(() => {
+  const maths = [...document.querySelectorAll('span.math.notranslate, div.math.notranslate')];
+  // Inline identifiers that TeX sets in math italic: a single letter with no \\mathrm & co. Each mjx-mi of the
+  // CHTML output is paired with the <mi> of the same position in MathJax's assistive MathML.
+  const inline = [];
+  for (const box of document.querySelectorAll('span.math.notranslate mjx-container[jax=CHTML]')) {
+    const shown = [...box.querySelectorAll('mjx-math mjx-mi')];
+    const source = [...box.querySelectorAll('mjx-assistive-mml mi')];
+    if (shown.length !== source.length) return {mismatch: box.textContent.slice(0, 60)};
+    shown.forEach((mi, i) => {
+      if (/^[A-Za-z]$/.test(source[i].textContent) && !source[i].hasAttribute('mathvariant'))
+        inline.push(...mi.querySelectorAll('mjx-c'));
+    });
+  }
+  const italic = inline.filter(c => getComputedStyle(c).fontFamily.includes('MJXTEX-I'));
+  return {
+    maths: maths.length,
+    typeset: maths.filter(m => m.querySelector('mjx-container[jax=CHTML]')).length,
+    errors: maths.filter(m => m.querySelector('mjx-merror')).map(m => m.textContent.slice(0, 60)),
+    inlineVariables: inline.length,
+    inlineFonts: [...new Set(inline.map(c => getComputedStyle(c).fontFamily))],
+    italic: italic.length,
+    fonts: [...document.fonts].filter(f => f.family.startsWith('MJX')).map(f => [f.family, f.status]),
+  };
+})()"""
+
+
+@pytest.mark.timeout(SITE_TIMEOUT)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.relative_to(ROOT).as_posix() for c in CHAPTERS])
+def test_equations_typeset_offline(chapter: Path, scheme: str, server: str, built_site: Path, devtools: DevTools):
+    """With the network blocked, over http and from file://, the chapter's equations are typeset by the site's
+    own MathJax 3 with its own fonts: no request fails, inline variables are in the math italic font."""
+    url = chapter_url(scheme, chapter, server, built_site)
+    devtools.open(url)
+    devtools.wait_for(MATHJAX_DONE, "MathJax to typeset the page and load its fonts", awaited=True)
+    report = devtools.evaluate(MATH_REPORT)
+    assert "mismatch" not in report, f"{url}: CHTML and MathML of {report.get('mismatch')!r} differ"
+    assert report["maths"] > 0, f"{url}: no equations found (the chapter has some)"
+    assert report["typeset"] == report["maths"], f"{url}: {report['typeset']} of {report['maths']} equations typeset"
+    assert not report["errors"], f"{url}: MathJax could not typeset {report['errors'][:3]}"
+    # e.g. the z and T of "The teacher's logits $z$ ... temperature $T$": MathJax's TeX math italic, not a
+    # fallback font (which leaves them upright and raised off the line).
+    assert report["inlineVariables"] > 0, f"{url}: no inline variable found"
+    assert report["italic"] == report["inlineVariables"], \
+        f"{url}: inline variables in fonts {report['inlineFonts']}, not MathJax's math italic (MJXTEX-I)"
+    fonts = dict(report["fonts"])
+    assert fonts.get("MJXTEX-I") == "loaded", f"{url}: MathJax's math italic font did not load: {fonts}"
+    assert "error" not in fonts.values(), f"{url}: MathJax fonts failed to load: {fonts}"
+    served = [r["url"] for r in devtools.requests.values() if r.get("type") == "Font" and "/vendor/mathjax/" in r["url"]]
+    assert served, f"{url}: no MathJax font was requested from the site"
+    devtools.assert_clean(url)
+
+
+def stored_frames(chapter: Path) -> set[bytes]:
+    """Every image held in the widget state of the executed chapter (the explorers' precomputed frames)."""
+    notebook = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    return {base64.b64decode(buffer["data"]) for model in state.get("state", {}).values()
+            if model.get("model_name") == "ImageModel" for buffer in model.get("buffers", [])
+            if buffer.get("path") == ["value"]}
+
+
+def explorer_count(chapter: Path) -> int:
+    notebook = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    return sum("kdnb-explorer" in model.get("state", {}).get("_dom_classes", [])
+               for model in state.get("state", {}).values())
+
+
+# The frame an explorer shows (the only <img> of it with a size: a Stack shows its selected child alone), as
+# a data: URL read from the blob the widget made of the PNG.
+SHOWN_FRAME = """(async (n) => {
+  const box = document.querySelectorAll('.kdnb-explorer')[n];
+  const shown = [...box.querySelectorAll('img')].filter(i => i.getBoundingClientRect().width > 0);
+  if (shown.length !== 1) return 'visible images: ' + shown.length;
+  const blob = await (await fetch(shown[0].src)).blob();
+  return await new Promise(done => { const r = new FileReader(); r.onload = () => done(r.result); r.readAsDataURL(blob); });
+})(%d)"""
+CONTROL_KINDS = """[...document.querySelectorAll('.kdnb-explorer')[%d].children[0].children].map(c =>
+  c.querySelector('.noUi-handle') ? 'slider' : c.querySelector('select') ? 'dropdown' :
+  c.querySelector('button') ? 'buttons' : 'other')"""
+
+
+def shown_frame(devtools: DevTools, explorer: int) -> bytes:
+    shown = devtools.evaluate(SHOWN_FRAME % explorer, awaited=True)
+    assert shown.startswith("data:image/png;base64,"), f"explorer {explorer} shows {shown[:80]!r}"
+    return base64.b64decode(shown.split(",", 1)[1])
+
+
+def change_control(devtools: DevTools, explorer: int, control: int, kind: str) -> None:
+    """Move one control by one step from the keyboard: ArrowRight on a slider's handle, ArrowDown on a
+    dropdown; a click on the next button of a button row."""
+    element = f"document.querySelectorAll('.kdnb-explorer')[{explorer}].children[0].children[{control}]"
+    if kind == "slider":
+        devtools.evaluate(f"{element}.querySelector('.noUi-handle').focus()")
+        devtools.press("ArrowRight", 39)
+    elif kind == "dropdown":
+        devtools.evaluate(f"{element}.querySelector('select').focus()")
+        devtools.press("ArrowDown", 40)
+    else:
+        devtools.evaluate(f"(() => {{ const b = [...{element}.querySelectorAll('button')]; "
+                          f"b[(b.findIndex(x => x.classList.contains('mod-active')) + 1) % b.length].click(); }})()")
+
+
+@pytest.mark.timeout(SITE_TIMEOUT)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.relative_to(ROOT).as_posix() for c in CHAPTERS])
+def test_explorers_respond_offline(chapter: Path, scheme: str, server: str, built_site: Path,
+                                   devtools: DevTools):
+    """With the network blocked, every explorer of the chapter renders from the widget state in the page
+    (widget JS served by the site), and each of its controls, moved from the keyboard, shows another of the
+    precomputed frames. Chapter 0 has one: the temperature explorer."""
+    expected = explorer_count(chapter)
+    if chapter.stem == "distillation":
+        assert expected >= 1, "Chapter 0's temperature explorer is not in the executed notebook's widget state"
+    if expected == 0:
+        pytest.skip(f"{chapter.relative_to(ROOT)} has no explorer")
+    frames = stored_frames(chapter)
+    url = chapter_url(scheme, chapter, server, built_site)
+    devtools.open(url)
+    devtools.wait_for(f"document.querySelectorAll('.kdnb-explorer img').length > 0 && "
+                      f"document.querySelectorAll('.kdnb-explorer').length === {expected}",
+                      f"{expected} explorer(s) to render")
+    for explorer in range(expected):
+        kinds = devtools.evaluate(CONTROL_KINDS % explorer)
+        assert kinds and "other" not in kinds, f"{url}: explorer {explorer} has controls {kinds}"
+        shown = shown_frame(devtools, explorer)
+        assert shown in frames, f"{url}: explorer {explorer} shows an image that is not one of its frames"
+        for control, kind in enumerate(kinds):
+            change_control(devtools, explorer, control, kind)
+            deadline = time.monotonic() + 15
+            while (now := shown_frame(devtools, explorer)) == shown and time.monotonic() < deadline:
+                devtools.pause(0.2)
+            assert now != shown, f"{url}: explorer {explorer}: moving its {kind} (control {control}) changed nothing"
+            assert now in frames, f"{url}: explorer {explorer} shows an image that is not one of its frames"
+            shown = now
+    devtools.assert_clean(url)
