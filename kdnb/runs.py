@@ -55,7 +55,6 @@ from .train import Schedule, Trainer, checkpoint_name, step_of
 CACHE_VERSION = 2  # bump when a change to the code makes every old run wrong (2: stage-aware trainer)
 EVAL_BATCH_SIZE = 500
 _RUN_TAG = "__run__"  # how an argument that is a RunSpec is written in spec.json
-_MISSING = object()
 
 
 def _freeze_value(key: str, value: Any) -> Any:
@@ -183,7 +182,7 @@ class RunSpec:
         do not carry over)."""
         if "method" in changes and "method_args" not in changes:
             defaults = distill.bind(self.method, {})
-            changes["method_args"] = {k: v for k, v in self.method_args if defaults.get(k, _MISSING) is not v and defaults.get(k, _MISSING) != v}
+            changes["method_args"] = {k: v for k, v in self.method_args if k not in defaults or defaults[k] != v}
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:

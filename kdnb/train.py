@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import storage
 from .distill.base import Context, Method, Stage, Update
-from .modules import Freeze, under_any
+from .modules import Freeze, parameters_under, under_any
 from .progress import log_epoch, progress_bar
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
@@ -233,7 +233,7 @@ class Trainer:
         self.checkpoint_steps = schedule.checkpoint_steps(self.steps_per_epoch)
         self.history: list[dict] = []
         for stage, _, _ in self.plan:  # a typo in a frozen prefix fails here, before anything trains
-            Freeze(method, stage.frozen).restore()
+            parameters_under(method, stage.frozen)
         for probe in self.probes:
             probe.attach(method)
 
@@ -346,6 +346,7 @@ class Trainer:
         steps = self.steps_per_epoch
         run_steps = self.schedule.epochs * steps
         watch = _NonFiniteWatch(self.desc)
+        weights = dict(stage.weights)
         term_sums: dict[str, Tensor] = {}
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         count = 0
@@ -363,7 +364,7 @@ class Trainer:
                 logits, terms = self.method.update_losses(update.name, x, y, context)
                 if index == 0:  # training accuracy is the first update's network (the student)
                     correct += (logits.detach().argmax(1) == y).sum()
-                terms = {k: v if stage.weight(k) == 1.0 else stage.weight(k) * v
+                terms = {k: v if weights.get(k, 1.0) == 1.0 else weights[k] * v
                          for k, v in terms.items() if stage.uses(k)}
                 if not terms:
                     continue

@@ -43,7 +43,7 @@ class Stage:
         object.__setattr__(self, "frozen", tuple(self.frozen))
 
     def weight(self, term: str) -> float:
-        return dict(self.weights).get(term, 1.0)
+        return next((w for name, w in self.weights if name == term), 1.0)
 
     def uses(self, term: str) -> bool:
         """Whether this stage sums ``term`` (with a non-zero weight)."""
