@@ -1,20 +1,25 @@
 """Headless execution of the chapters (papermill) and the static site (Jupyter Book) built from them."""
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-EXECUTED = ROOT / "_build" / "executed"
+# Where `kdnb run` writes the executed notebooks; KDNB_EXECUTED overrides it (a test runs the CLI into a tmp folder).
+EXECUTED = Path(os.environ.get("KDNB_EXECUTED") or ROOT / "_build" / "executed").resolve()
 SITE_SOURCE = ROOT / "_build" / "site-src"
 SITE = ROOT / "_build" / "site"
 
@@ -91,12 +96,84 @@ class Outcome:
     error: str | None = None
 
 
+class _ProgressRelay:
+    """Copies what the kernel appends to its progress file (``KDNB_PROGRESS_FILE``) to ``sink`` as it arrives.
+
+    The kernel's own stderr cannot carry progress: ipykernel forwards file descriptor 2 into the notebook too.
+    """
+
+    def __init__(self, sink: Callable[[str], None], interval: float = 0.25):
+        handle, name = tempfile.mkstemp(prefix="kdnb-progress-", suffix=".txt")
+        os.close(handle)
+        self.path = Path(name)
+        self.sink = sink
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="kdnb-progress-relay", daemon=True)
+
+    def __enter__(self) -> "_ProgressRelay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _pump(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tqdm's blocks are multi-byte
+        with open(self.path, "rb") as source:
+            while True:
+                last = self._stop.is_set()  # read once more after the kernel is gone
+                text = decoder.decode(source.read(), final=last)
+                if text:
+                    self.sink(text)
+                if last:
+                    return
+                self._stop.wait(self.interval)
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _kernel_progress_mode() -> str:
+    """``KDNB_PROGRESS`` for the kernel: ``auto`` becomes a bar when our stderr is a terminal, else one line
+    per epoch; ``bar``, ``log`` and ``off`` pass through (the kernel rejects an unknown value)."""
+    from .progress import MODE_VARIABLE
+
+    mode = os.environ.get(MODE_VARIABLE, "auto").strip().lower() or "auto"
+    if mode == "auto":
+        mode = "bar" if sys.stderr is not None and sys.stderr.isatty() else "log"
+    return mode
+
+
+def kernel_config():
+    """Configuration of the kernels papermill starts: CurveZMQ keys for the kernel's sockets, provisioned by
+    the kernel manager when the kernelspec declares support (ipykernel 7 does). Without them ipykernel logs
+    "Kernel is running over TCP without encryption" on every start."""
+    import zmq
+    from traitlets.config import Config
+
+    config = Config()
+    if zmq.has("curve"):  # the policy is refused by jupyter_client where libzmq lacks CurveZMQ
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
-            timeout: int = 3600) -> Outcome:
-    """Run one chapter with papermill into ``_build/executed/``; errors come back as text, not raised."""
+            timeout: int = 3600, progress: Callable[[str], None] | None = None) -> Outcome:
+    """Run one chapter with papermill into ``_build/executed/``; errors come back as text, not raised.
+
+    Training progress from the kernel (see :mod:`kdnb.progress`) goes to ``progress`` as it arrives (default:
+    this process's stderr), never into the executed notebook.
+    """
     import jupytext
     import papermill as pm
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    from .progress import FILE_VARIABLE, MODE_VARIABLE
 
     kernel_environment()
     out = executed_path(chapter)
@@ -104,45 +181,78 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
     params = dict(parameters or {})
     if profile is not None:
         params["PROFILE"] = profile
-    env_before = os.environ.get("KDNB_PROGRESS")
-    os.environ.setdefault("KDNB_PROGRESS", "off")  # no progress widgets in pages; the runner prints progress
+    saved = {name: os.environ.get(name) for name in (MODE_VARIABLE, FILE_VARIABLE)}
     began = time.perf_counter()
-    try:
-        pm.execute_notebook(jupytext.read(chapter), str(out), parameters=params, kernel_name="python3",
-                            cwd=str(chapter.parent), progress_bar=False, execution_timeout=timeout,
-                            start_timeout=120)
-        return Outcome(chapter, time.perf_counter() - began)
-    except pm.PapermillExecutionError as error:
-        head = "\n".join("    " + line for line in error.source.splitlines()[:12])
-        text = (f"cell In[{error.exec_count}] (notebook cell {error.cell_index}) raised {error.ename}: "
-                f"{error.evalue}\n  source:\n{head}\n  traceback:\n" + "\n".join(error.traceback)
-                + f"\n  executed notebook: {out}")
-        return Outcome(chapter, time.perf_counter() - began, _plain_text(text))
-    except (CellTimeoutError, DeadKernelError) as error:  # papermill wraps only cell errors
-        return Outcome(chapter, time.perf_counter() - began,
-                       f"{type(error).__name__}: {_plain_text(str(error))}\n  executed notebook (partial): {out}")
-    finally:
-        if env_before is None:
-            os.environ.pop("KDNB_PROGRESS", None)
+    with _ProgressRelay(progress or _to_stderr) as relay:
+        os.environ[MODE_VARIABLE] = _kernel_progress_mode()  # kernels inherit the environment at start
+        os.environ[FILE_VARIABLE] = str(relay.path)
+        try:
+            pm.execute_notebook(jupytext.read(chapter), str(out), parameters=params, kernel_name="python3",
+                                cwd=str(chapter.parent), progress_bar=False, execution_timeout=timeout,
+                                start_timeout=120, config=kernel_config())
+            return Outcome(chapter, time.perf_counter() - began)
+        except pm.PapermillExecutionError as error:
+            head = "\n".join("    " + line for line in error.source.splitlines()[:12])
+            text = (f"cell In[{error.exec_count}] (notebook cell {error.cell_index}) raised {error.ename}: "
+                    f"{error.evalue}\n  source:\n{head}\n  traceback:\n" + "\n".join(error.traceback)
+                    + f"\n  executed notebook: {out}")
+            return Outcome(chapter, time.perf_counter() - began, _plain_text(text))
+        except (CellTimeoutError, DeadKernelError) as error:  # papermill wraps only cell errors
+            return Outcome(chapter, time.perf_counter() - began,
+                           f"{type(error).__name__}: {_plain_text(str(error))}\n  executed notebook (partial): {out}")
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+class _ChapterProgress:
+    """The runner's sink for one chapter: training progress on stderr, below the ``[i/n] chapter ...`` line."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.at_line_start = True
+
+    def __call__(self, text: str) -> None:
+        if not self.started:
+            print(flush=True)  # end the '[i/n] chapter ...' line first
+            self.started = True
+        _to_stderr(text)
+        self.at_line_start = text.endswith("\n")
+
+    def close(self) -> None:
+        if self.started and not self.at_line_start:  # a bar cut short by an error
+            _to_stderr("\n")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run(names: list[str], profile: str | None) -> int:
-    """``python -m kdnb run``: execute chapters, one progress line each; non-zero exit on any failure."""
+    """``python -m kdnb run``: execute chapters, one line each, with the training progress of the running
+    chapter below it (``KDNB_PROGRESS``); non-zero exit on any failure."""
     from . import profiles
 
     chosen = resolve(names)
     profile_name = profiles.get(profile).name
-    print(f"kdnb run: {len(chosen)} chapter(s) at profile {profile_name!r} -> {EXECUTED.relative_to(ROOT)}/",
-          flush=True)
+    print(f"kdnb run: {len(chosen)} chapter(s) at profile {profile_name!r} -> {_shown(EXECUTED)}/", flush=True)
     failures = 0
     for i, chapter in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {chapter.relative_to(ROOT)} ...", end=" ", flush=True)
-        outcome = execute(chapter, profile_name)
+        head = f"[{i}/{len(chosen)}] {_shown(chapter)} ..."
+        print(head, end="", flush=True)
+        shown = _ChapterProgress()
+        outcome = execute(chapter, profile_name, progress=shown)
+        shown.close()
+        if shown.started:  # progress lines came between: repeat the chapter on the result line
+            print(head, end="")
         if outcome.error is None:
-            print(f"ok ({outcome.seconds:.0f} s)", flush=True)
+            print(f" ok ({outcome.seconds:.0f} s)", flush=True)
         else:
             failures += 1
-            print(f"FAILED ({outcome.seconds:.0f} s)\n{outcome.error}", flush=True)
+            print(f" FAILED ({outcome.seconds:.0f} s)\n{outcome.error}", flush=True)
     return 1 if failures else 0
 
 
