@@ -12,8 +12,9 @@ from kdnb.models import FeatureModel
 
 torch.set_num_threads(2)
 
-# wrn-28-10 (36M parameters, ~5 GFLOPs per image) is only counted, never run; the larger FC-headed
-# nets are counted here and built in tests/test_models_fc.py, where their smaller siblings also run.
+# wrn-28-10 (36M parameters, ~5 GFLOPs per image) is only counted, never run; the larger FC-headed nets
+# (vgg16-fc, vgg19-fc, resnet56-fc) are counted in tests/test_models_fc.py and run here through their
+# smaller siblings, which share their code.
 COUNTED_ONLY = {"wrn-28-10", "vgg16-fc", "vgg19-fc", "resnet56-fc"}
 RUNNABLE = [name for name in models.available() if name not in COUNTED_ONLY]
 

@@ -3,6 +3,8 @@ sizes from closed forms, feature shapes on Fashion-MNIST and CIFAR shapes, the F
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,12 @@ from kdnb import models
 torch.set_num_threads(2)
 
 FC_NETS = ["alexnet_small", "vgg11-fc", "resnet20-fc"]
+
+
+@functools.cache
+def net(name: str, in_channels: int) -> nn.Module:
+    """One default instance per (name, channels), shared by the tests; each sets the mode it needs."""
+    return models.create(name, in_channels=in_channels)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -90,7 +98,7 @@ def test_fc_net_parameter_counts(name: str, rgb: int, gray: int) -> None:
     assert expected(3) == rgb and expected(1) == gray
     # Building the two largest nets twice would only retest the first conv: their gray count is checked above.
     for in_channels in (1, 3) if name in FC_NETS else (3,):
-        model = models.create(name, in_channels=in_channels)
+        model = net(name, in_channels) if name in FC_NETS else models.create(name, in_channels=in_channels)
         assert count_parameters(model) == expected(in_channels)
     # The depth in a VGG name counts its weight layers: convs + the three FC layers.
     if name.startswith("vgg"):
@@ -100,7 +108,7 @@ def test_fc_net_parameter_counts(name: str, rgb: int, gray: int) -> None:
 
 def test_fc_width_and_classes_change_the_head_only() -> None:
     for name in FC_NETS:
-        base = models.create(name, in_channels=1)
+        base = net(name, 1)
         small = models.create(name, in_channels=1, num_classes=5, fc_width=32)
         assert small.fc1.out_features == small.fc2.in_features == small.fc2.out_features == 32
         assert small.feature_dim == 32 and small.num_classes == 5
@@ -146,7 +154,7 @@ EXPECTED_SHAPES = {  # (feature, shape for 1x28x28, shape for 3x32x32), batch di
 @pytest.mark.parametrize("name", FC_NETS)
 def test_fc_net_feature_shapes_on_fashion_mnist_and_cifar(name: str) -> None:
     for in_channels, size, column in ((1, 28, 1), (3, 32, 2)):
-        model = models.create(name, in_channels=in_channels).eval()
+        model = net(name, in_channels).eval()
         with torch.no_grad():
             logits, features = model.forward_features(torch.randn(2, in_channels, size, size))
         for row in EXPECTED_SHAPES[name]:
@@ -170,8 +178,7 @@ def fc1_input(name: str, model: nn.Module, features: dict) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", FC_NETS)
 def test_fc_head_layout(name: str) -> None:
-    torch.manual_seed(0)
-    model = models.create(name, in_channels=1, fc_width=64).eval()
+    model = net(name, 1).eval()
     with torch.no_grad():
         logits, f = model.forward_features(torch.randn(3, 1, 28, 28))
         torch.testing.assert_close(model.fc1(fc1_input(name, model, f)), f["fc1.pre"])
@@ -180,7 +187,7 @@ def test_fc_head_layout(name: str) -> None:
         # FC3 is the classifier and its output, the logits, has no ReLU after it.
         assert torch.equal(model.classifier(f["fc2"]), logits)
         assert (logits < 0).any()
-    assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == 64
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == model.fc2.out_features
     if name == "resnet20-fc":  # the head convs are conv-BN pairs on stage 3's output
         with torch.no_grad():
             assert torch.equal(model.head_conv1(f["stage3"]), f["head_conv1.pre"])
@@ -190,7 +197,7 @@ def test_fc_head_layout(name: str) -> None:
 @pytest.mark.parametrize("name", FC_NETS)
 def test_dropout_follows_fc1_and_fc2(name: str) -> None:
     default = 0.0 if name.startswith("resnet") else 0.5  # ResNets have no dropout; AlexNet and VGG use 0.5
-    assert models.create(name).config["dropout"] == default
+    assert net(name, 1).config["dropout"] == default
 
     torch.manual_seed(0)
     model = models.create(name, in_channels=1, fc_width=256, dropout=0.5).train()
@@ -222,7 +229,7 @@ def test_bad_head_options_are_value_errors(option: str, value: float) -> None:
 
 def test_alexnet_small_accepts_other_image_sizes() -> None:
     # The adaptive pool fixes FC1's input: 28, 32 and 64 px all reach FC1 as 128 x 4 x 4.
-    model = models.create("alexnet_small", in_channels=1).eval()
+    model = net("alexnet_small", 1).eval()
     with torch.no_grad():
         for size in (24, 64):
             assert model(torch.randn(1, 1, size, size)).shape == (1, 10)
