@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdnb run|site|bench|clean``."""
+"""Command line: ``python -m kdnb run|site|claims|bench|clean``."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default=None, help="smoke | book | paper (default: $KDNB_PROFILE, else book)")
     site = commands.add_parser("site", help="build the Jupyter Book site from the executed chapters")
     site.add_argument("--profile", default=None, help="profile for chapters that were not executed yet")
+    claims = commands.add_parser("claims", help="every executed chapter's claims and verdicts, as one table")
+    claims.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                        help="text: a grid for the terminal (default); markdown: a pipe table; json: the data")
     bench = commands.add_parser("bench", help="performance ratios measured in one run (JSON)")
     bench.add_argument("names", nargs="*", help="which benches (default: all)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benches run")
@@ -31,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return notebooks.run(args.chapters, args.profile)
         return notebooks.site(args.profile)
+    if args.command == "claims":
+        from . import book_pages
+
+        return book_pages.print_claims(args.format)
     if args.command == "bench":
         from . import bench as bench_module
 

@@ -206,6 +206,9 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+            from .book_pages import record_run  # <chapter>.run.json and .claims.json beside the notebook
+
+            record_run(chapter, out, time.perf_counter() - began)
 
 
 class _ChapterProgress:
@@ -334,6 +337,9 @@ def _stage_site_source() -> Path:
         shutil.copy(executed, staged.with_suffix(".ipynb"))
     if problems:
         raise SystemExit("cannot build the site:\n  " + "\n  ".join(problems))
+    from .book_pages import stage  # claims page, build info on the landing page, hidden parameters, code CSS
+
+    stage(SITE_SOURCE)
     return SITE_SOURCE
 
 

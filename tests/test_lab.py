@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "kdnb-test"
@@ -31,6 +33,7 @@ def get(url: str) -> dict:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     settings = tmp_path_factory.mktemp("lab-settings")
+    user = tmp_path_factory.mktemp("lab-user")  # workspaces and user settings: not the home folder
     # The same file `make lab` installs as the venv's overrides.json.
     shutil.copy(ROOT / ".jupyter-lab-overrides.json", settings / "overrides.json")
     port = free_port()
@@ -38,6 +41,7 @@ def lab(tmp_path_factory):
     process = subprocess.Popen(
         [str(jupyter), "lab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={TOKEN}", f"--LabApp.app_settings_dir={settings}",
+         f"--LabApp.user_settings_dir={user / 'settings'}", f"--LabApp.workspaces_dir={user / 'workspaces'}",
          f"--ServerApp.root_dir={ROOT / 'book'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -74,3 +78,40 @@ def test_chapter_is_served_as_a_notebook(lab):
     cells = model["content"]["cells"]
     assert model["content"]["metadata"]["kernelspec"]["name"] == "python3"
     assert any("parameters" in c["metadata"].get("tags", []) for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.timeout(120)
+def test_myst_extension_is_enabled(lab):
+    """jupyterlab-myst renders the chapters' MyST in Markdown cells (labels, math, equation references)."""
+    extensions = {e["name"]: e for e in get(f"{lab}/lab/api/extensions")}
+    myst = extensions.get("jupyterlab-myst")
+    assert myst is not None, f"jupyterlab-myst is not installed; extensions: {sorted(extensions)}"
+    assert myst["enabled"] and myst["installed"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("KDNB_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium not installed, and KDNB_REQUIRE_BROWSER=1: apt-get install chromium")
+        pytest.skip("chromium not installed: apt-get install chromium")
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_chapter_markdown_renders_as_myst(lab, tmp_path):
+    """Opened in JupyterLab, Chapter 0's Markdown cells show MyST rendered, not its markup."""
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,4000",
+               "--virtual-time-budget=40000", "--dump-dom", f"{lab}/lab/tree/part0/distillation.md?token={TOKEN}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    soup = BeautifulSoup(result.stdout, "html.parser")
+    rendered = soup.select(".jp-MarkdownCell .myst")
+    assert len(rendered) >= 5, f"{len(rendered)} Markdown cells rendered by jupyterlab-myst"
+    text = " ".join(" ".join(cell.get_text(" ").split()) for cell in rendered)
+    assert "Distillation in one notebook" in text
+    for raw in ("(chapter-distillation)=", "{cite}", "{eq}", "{glue:text}", "{doc}", "$$"):
+        assert raw not in text, f"MyST markup shown raw in JupyterLab: {raw}"
+    assert soup.select(".jp-MarkdownCell .myst .katex"), "no equation typeset"

@@ -1,6 +1,8 @@
 """Statistics and the claim ledger."""
-from .claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, ledger, verdict_for_improvement
+from .claims import (CLAIMS_MIME, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS, Claim, Ledger,
+                     claims_in_notebook, ledger, verdict_for_improvement)
 from .stats import PairedComparison, Summary, paired, summarize
 
-__all__ = ["Summary", "PairedComparison", "summarize", "paired", "Claim", "ledger", "verdict_for_improvement",
-           "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
+__all__ = ["Summary", "PairedComparison", "summarize", "paired", "Claim", "Ledger", "ledger",
+           "verdict_for_improvement", "claims_in_notebook", "CLAIMS_MIME", "REPRODUCED", "NOT_REPRODUCED",
+           "INCONCLUSIVE", "VERDICTS"]
