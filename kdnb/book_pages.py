@@ -471,8 +471,8 @@ def build_section(records: list[ChapterRecord], index_folder: str = "book") -> s
     described = "; ".join(f"**{n}**: {profile_module.PROFILES[n].description}" if n in profile_module.PROFILES
                           else f"**{n}**" for n in names)
     lines = ["## The numbers on this site", "",
-             f"Every number, figure and verdict on these pages comes from one execution of the chapters, at "
-             f"profile {described}. {_sentence(_where_and_when(records))}.", ""]
+             f"Every number, figure and verdict on these pages was computed when the chapters below were "
+             f"executed, at profile {described}. {_sentence(_where_and_when(records))}.", ""]
     if "smoke" in names:
         lines += [":::{warning}",
                   "This build used the `smoke` profile, which checks that every code path runs, on tiny data "
