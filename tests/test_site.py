@@ -460,11 +460,11 @@ def explorer_count(chapter: Path) -> int:
                for model in state.get("state", {}).values())
 
 
-# The frame an explorer shows (the only <img> of it with a size: a Stack shows its selected child alone), as
-# a data: URL read from the blob the widget made of the PNG.
+# The frame an explorer shows (the only <img> of it that is loaded and has a size: a Stack shows its selected
+# child alone), as a data: URL read from the blob the widget made of the PNG; else how many such images there are.
 SHOWN_FRAME = """(async (n) => {
   const box = document.querySelectorAll('.kdnb-explorer')[n];
-  const shown = [...box.querySelectorAll('img')].filter(i => i.getBoundingClientRect().width > 0);
+  const shown = [...box.querySelectorAll('img')].filter(i => i.complete && i.getBoundingClientRect().width > 0);
   if (shown.length !== 1) return 'visible images: ' + shown.length;
   const blob = await (await fetch(shown[0].src)).blob();
   return await new Promise(done => { const r = new FileReader(); r.onload = () => done(r.result); r.readAsDataURL(blob); });
@@ -474,10 +474,19 @@ CONTROL_KINDS = """[...document.querySelectorAll('.kdnb-explorer')[%d].children[
   c.querySelector('button') ? 'buttons' : 'other')"""
 
 
-def shown_frame(devtools: DevTools, explorer: int) -> bytes:
-    shown = devtools.evaluate(SHOWN_FRAME % explorer, awaited=True)
-    assert shown.startswith("data:image/png;base64,"), f"explorer {explorer} shows {shown[:80]!r}"
-    return base64.b64decode(shown.split(",", 1)[1])
+def shown_frame(devtools: DevTools, explorer: int, other_than: bytes | None = None, timeout: float = 15) -> bytes:
+    """The PNG an explorer shows, once it shows exactly one (and, if given, one other than ``other_than``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = devtools.evaluate(SHOWN_FRAME % explorer, awaited=True)
+        if shown.startswith("data:image/png;base64,"):
+            png = base64.b64decode(shown.split(",", 1)[1])
+            if png != other_than:
+                return png
+            shown = "the same frame as before"
+        if time.monotonic() > deadline:
+            pytest.fail(f"explorer {explorer}: after {timeout} s, {shown[:80]}")
+        devtools.pause(0.2)
 
 
 def change_control(devtools: DevTools, explorer: int, control: int, kind: str) -> None:
@@ -521,10 +530,27 @@ def test_explorers_respond_offline(chapter: Path, scheme: str, server: str, buil
         assert shown in frames, f"{url}: explorer {explorer} shows an image that is not one of its frames"
         for control, kind in enumerate(kinds):
             change_control(devtools, explorer, control, kind)
-            deadline = time.monotonic() + 15
-            while (now := shown_frame(devtools, explorer)) == shown and time.monotonic() < deadline:
-                devtools.pause(0.2)
-            assert now != shown, f"{url}: explorer {explorer}: moving its {kind} (control {control}) changed nothing"
+            # fails unless the explorer comes to show another frame: the control changed the shown image
+            now = shown_frame(devtools, explorer, other_than=shown)
             assert now in frames, f"{url}: explorer {explorer} shows an image that is not one of its frames"
             shown = now
+    devtools.assert_clean(url)
+
+
+def other_pages() -> list[str]:
+    """Site paths of the pages of ``_toc.yml`` that are not notebook chapters (landing page, generated pages)."""
+    chapters = {c.relative_to(ROOT).with_suffix("").as_posix() for c in CHAPTERS}
+    return [f"{name}.html" for name in notebooks.toc_files() if name not in chapters]
+
+
+@pytest.mark.timeout(SITE_TIMEOUT)
+@pytest.mark.parametrize("path", other_pages())
+def test_page_offline(path: str, server: str, devtools: DevTools):
+    """Every other page, with the network blocked: no non-local request, every request served, no page
+    exception (the chapters are checked by the two tests above)."""
+    url = urljoin(server, path)
+    devtools.open(url)
+    devtools.pause(0.5)
+    if devtools.evaluate("!!(window.MathJax && MathJax.startup)"):
+        devtools.wait_for(MATHJAX_DONE, "MathJax to typeset the page", awaited=True)
     devtools.assert_clean(url)
