@@ -73,6 +73,18 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
     return outcomes
 
 
+@pytest.fixture(scope="session")
+def smoke_site(smoke_book) -> Path:
+    """The site built once per session from the smoke runs (shared by the site and claims tests): the HTML root."""
+    failed = {c: o for c, o in smoke_book.items() if o.error is not None}
+    if failed:
+        pytest.fail("cannot build the site, smoke runs failed (see test_notebooks):\n"
+                    + "\n".join(f"{c.relative_to(notebooks.ROOT)}: {o.error.splitlines()[0]}"
+                                for c, o in failed.items()), pytrace=False)
+    assert notebooks.site(profile="smoke", execute_missing=False) == 0, "jupyter-book build failed"
+    return notebooks.SITE / "_build" / "html"
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     """Bit-equality between runs needs a fixed thread count (it changes float reduction order); no bars."""

@@ -238,15 +238,10 @@ def test_claims_command_line(smoke_book):
 # ------------------------------------------------------------------------------------------------- site
 
 @pytest.fixture(scope="module")
-def site_html(smoke_book) -> Path:
-    """The smoke site of this session: reused when the site test built it after the smoke runs, else built."""
+def site_html(smoke_book, smoke_site) -> Path:
+    """The smoke site of this session (built once, shared with the site tests)."""
     chapter0_outcome(smoke_book)
-    html = notebooks.SITE / "_build" / "html"
-    newest_run = max(notebooks.executed_path(c).stat().st_mtime for c in smoke_book)
-    page = html / f"{book_pages.CLAIMS_PAGE}.html"
-    if not (page.exists() and page.stat().st_mtime > newest_run):
-        assert notebooks.site(profile="smoke", execute_missing=False) == 0, "jupyter-book build failed"
-    return html
+    return smoke_site
 
 
 @pytest.mark.site
