@@ -73,6 +73,16 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
     return outcomes
 
 
+def chromium() -> str:
+    """Debian's chromium for the browser tests: skipped where it is missing, a failure where CI requires it."""
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("KDNB_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium not installed, and KDNB_REQUIRE_BROWSER=1: apt-get install chromium")
+        pytest.skip("chromium not installed: apt-get install chromium")
+    return found
+
+
 @pytest.fixture(scope="session")
 def smoke_site(smoke_book) -> Path:
     """The site built once per session from the smoke runs (shared by the site and claims tests): the HTML root."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
+from conftest import chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "kdnb-test"
@@ -87,15 +87,6 @@ def test_myst_extension_is_enabled(lab):
     myst = extensions.get("jupyterlab-myst")
     assert myst is not None, f"jupyterlab-myst is not installed; extensions: {sorted(extensions)}"
     assert myst["enabled"] and myst["installed"]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("KDNB_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium not installed, and KDNB_REQUIRE_BROWSER=1: apt-get install chromium")
-        pytest.skip("chromium not installed: apt-get install chromium")
-    return found
 
 
 @pytest.mark.timeout(300)

@@ -13,7 +13,6 @@ import base64
 import functools
 import http.server
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import nbformat
 import pytest
 import yaml
 from bs4 import BeautifulSoup
+from conftest import chromium
 
 from kdnb import notebooks
 
@@ -90,15 +90,6 @@ def test_site_builds_and_links_chapters(built_site: Path):
 
 
 # ------------------------------------------------------------------------------------------------- browser
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("KDNB_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium not installed, and KDNB_REQUIRE_BROWSER=1: apt-get install chromium")
-        pytest.skip("chromium not installed: apt-get install chromium")
-    return found
-
 
 @pytest.fixture(scope="module")
 def server(built_site: Path):
