@@ -10,17 +10,26 @@ Typical use::
     batches = kdnb.data.TensorBatches(images, labels, 128, facts.mean, facts.std, shuffle=True,
                                       augment=kdnb.data.default_augment("fashion_mnist"))
     for x, y in batches.batches(epoch=0, seed=0): ...
+
+Part I's ``cluttered_fashion_mnist`` (generated, with foreground masks)::
+
+    ds = kdnb.data.dataset("cluttered_fashion_mnist", "test")
+    fg = ds.masks(indices, kind="box", grid=16)   # (n, 16, 16) bool, on the estimator's grid
 """
 from __future__ import annotations
 
+from . import cluttered
 from .batches import EpochPlan, TensorBatches, epoch_generator
+from .cluttered import ClutteredFashionMNIST, ClutterSpec, downsample_mask
 from .errors import DatasetDamaged, DatasetNotFound
 from .loaders import dataset
-from .registry import NAMES, SPLITS, DatasetInfo, default_augment, info
+from .registry import ALL_NAMES, GENERATED, NAMES, SPLITS, DatasetInfo, default_augment, info
 from .subsets import stratified_subset
 from .tensors import as_tensors
 
 __all__ = [
-    "NAMES", "SPLITS", "DatasetDamaged", "DatasetInfo", "DatasetNotFound", "EpochPlan", "TensorBatches",
-    "as_tensors", "dataset", "default_augment", "epoch_generator", "info", "stratified_subset",
+    "ALL_NAMES", "GENERATED", "NAMES", "SPLITS", "ClutterSpec", "ClutteredFashionMNIST", "DatasetDamaged",
+    "DatasetInfo", "DatasetNotFound", "EpochPlan", "TensorBatches",
+    "as_tensors", "cluttered", "dataset", "default_augment", "downsample_mask", "epoch_generator", "info",
+    "stratified_subset",
 ]

@@ -49,14 +49,24 @@ _INFOS = {
 # Horizontal flips are harmless for clothes and natural images, but turn digits into non-digits.
 _DEFAULT_AUGMENT = {"fashion_mnist": "crop_flip", "mnist": "crop", "cifar10": "crop_flip", "cifar100": "crop_flip"}
 
-NAMES: tuple[str, ...] = tuple(_INFOS)
+NAMES: tuple[str, ...] = tuple(_INFOS)  # data sets read from files of their own
+
+# Data sets generated deterministically from the embedded ones (kdnb.data.cluttered); the statistics are those
+# of the generated training split.
+_GENERATED_INFOS = (
+    DatasetInfo("cluttered_fashion_mnist", 10, 1, 48, (0.1749,), (0.2475,), _FASHION_CLASSES),
+)
+_INFOS.update((info.name, info) for info in _GENERATED_INFOS)
+_DEFAULT_AUGMENT["cluttered_fashion_mnist"] = "crop_flip"
+GENERATED: tuple[str, ...] = tuple(info.name for info in _GENERATED_INFOS)
+ALL_NAMES: tuple[str, ...] = NAMES + GENERATED
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a known data set, else raise ``ValueError`` listing the choices."""
     if name not in _INFOS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(ALL_NAMES)}")
     return name
 
 
