@@ -12,13 +12,18 @@ from typing import Any
 from torch import nn
 
 from .base import Context, Method, Stage, Update
+from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
+                             cwtm_weights, dkpp_permute, teacher_confidence, weighted_cross_entropy)
 from .kd import CE, KD, kd_divergence, soft_targets
 from .mutual import DML
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
+# Part III (Gu et al. 2020, §3): the dissection of dark knowledge.
+METHODS.update({"cwtm": CWTM, "cwtm_permut": CWTMPermut, "cwtm_random": CWTMRandom, "dkpp": DKPP})
 
 __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "available", "bind", "create", "method_class", "kd_divergence",
-           "soft_targets"]
+           "soft_targets", "CWTM", "CWTMPermut", "CWTMRandom", "DKPP", "teacher_confidence", "cwtm_weights",
+           "cwtm_permut_weights", "cwtm_random_confidence", "weighted_cross_entropy", "dkpp_permute"]
 
 
 def available() -> list[str]:
