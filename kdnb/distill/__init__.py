@@ -13,17 +13,21 @@ from torch import nn
 
 from .base import Context, Method, Stage, Update
 from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
-                             cwtm_weights, dkpp_permute, teacher_confidence, weighted_cross_entropy)
+                             cwtm_weights, dkpp_permute, permute_except, teacher_confidence, weighted_cross_entropy)
+from .introspective import LE, LEPermut, le_targets
 from .kd import CE, KD, kd_divergence, soft_targets
 from .mutual import DML
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
 # Part III (Gu et al. 2020, §3): the dissection of dark knowledge.
 METHODS.update({"cwtm": CWTM, "cwtm_permut": CWTMPermut, "cwtm_random": CWTMRandom, "dkpp": DKPP})
+# Part III (§4-5): introspective learning from the network's own explanations, and its LE-Permut ablation.
+METHODS.update({"le": LE, "le_permut": LEPermut})
 
 __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "available", "bind", "create", "method_class", "kd_divergence",
            "soft_targets", "CWTM", "CWTMPermut", "CWTMRandom", "DKPP", "teacher_confidence", "cwtm_weights",
-           "cwtm_permut_weights", "cwtm_random_confidence", "weighted_cross_entropy", "dkpp_permute"]
+           "cwtm_permut_weights", "cwtm_random_confidence", "weighted_cross_entropy", "dkpp_permute",
+           "permute_except", "LE", "LEPermut", "le_targets"]
 
 
 def available() -> list[str]:

@@ -56,18 +56,23 @@ def weighted_cross_entropy(logits: Tensor, y: Tensor, weights: Tensor) -> Tensor
     return (weights.detach() * F.cross_entropy(logits, y, reduction="none")).sum()
 
 
+def permute_except(outputs: Tensor, keep: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each row of ``outputs`` (N, K) with its entries randomly permuted, except entry ``keep[i]``, which stays."""
+    n, k = outputs.shape
+    is_kept = torch.zeros_like(outputs, dtype=torch.bool).scatter_(1, keep.reshape(n, 1), True)
+    keys = torch.rand(n, k, generator=generator, device=outputs.device)
+    # Both orders list the kept entry first; the rest come in a random order (sources) and in place (destinations).
+    sources = torch.where(is_kept, -1.0, keys).argsort(dim=1)
+    places = torch.arange(k, device=outputs.device, dtype=keys.dtype).expand(n, k)
+    destinations = torch.where(is_kept, -1.0, places).argsort(dim=1)
+    return torch.empty_like(outputs).scatter_(1, destinations, outputs.gather(1, sources))
+
+
 def dkpp_permute(outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """DKPP's targets: in each row, the entries other than the argmax randomly permuted, the argmax kept in place.
 
     Works on logits or probabilities alike (a softmax at any temperature commutes with the permutation)."""
-    n, k = outputs.shape
-    is_top = torch.zeros_like(outputs, dtype=torch.bool).scatter_(1, outputs.argmax(dim=1, keepdim=True), True)
-    keys = torch.rand(n, k, generator=generator, device=outputs.device)
-    # Both orders list the argmax first; the rest come in a random order (sources) and in place (destinations).
-    sources = torch.where(is_top, -1.0, keys).argsort(dim=1)
-    places = torch.arange(k, device=outputs.device, dtype=keys.dtype).expand(n, k)
-    destinations = torch.where(is_top, -1.0, places).argsort(dim=1)
-    return torch.empty_like(outputs).scatter_(1, destinations, outputs.gather(1, sources))
+    return permute_except(outputs, outputs.argmax(dim=1), generator)
 
 
 class CWTM(Method):
