@@ -81,6 +81,97 @@ def trainer_vs_bare_loop(model_name: str = "resnet8", batch_size: int = 128, ste
 BENCHES = {"trainer": trainer_vs_bare_loop}
 
 
+def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps: int = 10,
+                       repeats: int = 7) -> dict:
+    """Gu et al.'s LE: one training step with Grad-CAM targets over one cross-entropy step, same model and batch
+    (target: <= 1.2). Also, each per CE step: an LE step with input-gradient maps, the all-class maps alone
+    (``kdnb.explain.class_maps``: Grad-CAM at a layer without the closed form, grad, grad x input, guided
+    backprop; eval mode) and Captum's one-call-per-class loop as the reference (``Saliency``; ``LayerGradCam`` at
+    the last block's ``bn2``, a module the ResNet calls). Interleaved segments of ``steps`` steps; medians."""
+    from captum.attr import LayerGradCam, Saliency
+
+    from . import data, device, distill, explain, models
+    from .distill import Context, Stage
+
+    dev = device()
+    info = data.info("fashion_mnist")
+    ds = data.dataset("fashion_mnist", "train")
+    images, labels = data.as_tensors(ds, data.stratified_subset(torch.as_tensor(ds.targets),
+                                                                -(-batch_size // info.num_classes), seed=0))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (info.mean, info.std))
+    x = ((images[:batch_size].float() / 255 - mean) / std).to(dev)
+    y = labels[:batch_size].to(dev)
+    torch.manual_seed(0)
+    model = models.create(model_name, num_classes=info.num_classes, in_channels=info.in_channels).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    stage = Context(stage=Stage("introspect"))
+    methods = {"ce": distill.create("ce", model), "le": distill.create("le", model),
+               "le_grad": distill.create("le", model, explanation="grad")}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_steps(name: str) -> float:
+        model.train()
+        sync()
+        began = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            terms = methods[name](x, y, stage)[1]
+            sum(terms.values()).backward()
+            optimizer.step()
+        sync()
+        return (time.perf_counter() - began) / steps
+
+    last_bn = model.stage3[-1].bn2 if hasattr(model, "stage3") else None
+    calls: dict[str, Callable[[], object]] = {
+        "class_maps_gradcam_stage2": lambda: explain.class_maps(model, x, "gradcam", layer="stage2"),
+        **{f"class_maps_{m}": (lambda m=m: explain.class_maps(model, x, m)) for m in explain.INPUT_METHODS},
+        "captum_saliency_per_class": lambda: [Saliency(model).attribute(x, target=k, abs=False)
+                                              for k in range(info.num_classes)],
+    }
+    if last_bn is not None:
+        calls["captum_layergradcam_per_class"] = lambda: [
+            LayerGradCam(model, last_bn).attribute(x, target=k, relu_attributions=True)
+            for k in range(info.num_classes)]
+
+    def timed_call(fn: Callable[[], object]) -> float:
+        model.eval()
+        sync()
+        began = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - began
+
+    train_steps("ce"), train_steps("le"), train_steps("le_grad")  # warm-up
+    for fn in calls.values():
+        timed_call(fn)
+    times: dict[str, list[float]] = {name: [] for name in [*methods, *calls]}
+    for r in range(repeats):  # interleaved, alternating who goes first
+        for name in (["ce", "le"] if r % 2 == 0 else ["le", "ce"]):
+            times[name].append(train_steps(name))
+        times["le_grad"].append(train_steps("le_grad"))
+        for name, fn in calls.items():
+            times[name].append(timed_call(fn))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    pairwise = sorted(le / ce for le, ce in zip(times["le"], times["ce"]))
+    quartiles = statistics.quantiles(pairwise, n=4) if len(pairwise) > 1 else [pairwise[0]] * 3
+    return {
+        "name": "le_step_vs_ce_step",
+        "ratio": median["le"] / median["ce"],
+        "target": "<= 1.2",
+        "pairwise_ratio_quartiles": [quartiles[0], statistics.median(pairwise), quartiles[2]],
+        "ce_step_s": median["ce"],
+        "per_ce_step": {name: median[name] / median["ce"] for name in ["le_grad", *calls]},
+        "model": model_name, "dataset": "fashion_mnist", "batch_size": batch_size, "classes": info.num_classes,
+        "steps": steps, "repeats": repeats,
+    }
+
+
+BENCHES["le"] = le_step_vs_ce_step
+
+
 def main(names: list[str] | None = None, quick: bool = False) -> list[dict]:
     from . import device
 

@@ -159,3 +159,14 @@ def test_le_trains_through_the_run_cache(tmp_path, counted):
     assert "train_le" not in run.history[0] and math.isfinite(run.history[1]["train_le"])
     assert counted["n"] == 2  # 40 images, batches of 20: maps in the two steps of the second epoch only
     assert runs.train_or_load(spec, root=tmp_path).history == run.history  # cached
+
+
+def test_bench_le_step_runs():
+    """The bench entry runs (tiny sizes; its numbers come from `python -m kdnb bench le`)."""
+    from kdnb import bench
+
+    assert bench.BENCHES["le"] is bench.le_step_vs_ce_step
+    result = bench.le_step_vs_ce_step(batch_size=8, steps=1, repeats=2)
+    assert result["ratio"] > 0 and set(result["per_ce_step"]) >= {
+        "le_grad", "class_maps_grad", "class_maps_grad_x_input", "class_maps_guided_backprop",
+        "captum_saliency_per_class", "captum_layergradcam_per_class"}
