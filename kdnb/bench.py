@@ -87,7 +87,8 @@ def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps
     (target: <= 1.2). Also, each per CE step: an LE step with input-gradient maps, the all-class maps alone
     (``kdnb.explain.class_maps``: Grad-CAM at a layer without the closed form, grad, grad x input, guided
     backprop; eval mode) and Captum's one-call-per-class loop as the reference (``Saliency``; ``LayerGradCam`` at
-    the last block's ``bn2``, a module the ResNet calls). Interleaved segments of ``steps`` steps; medians."""
+    the last block's ``bn2``, a module the ResNet calls), once per repeat. Interleaved segments of ``steps``
+    steps (a fifth of them for the LE(grad) step); medians."""
     from captum.attr import LayerGradCam, Saliency
 
     from . import data, device, distill, explain, models
@@ -112,17 +113,17 @@ def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def train_steps(name: str) -> float:
+    def train_steps(name: str, count: int = steps) -> float:
         model.train()
         sync()
         began = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(count):
             optimizer.zero_grad(set_to_none=True)
             terms = methods[name](x, y, stage)[1]
             sum(terms.values()).backward()
             optimizer.step()
         sync()
-        return (time.perf_counter() - began) / steps
+        return (time.perf_counter() - began) / count
 
     last_bn = model.stage3[-1].bn2 if hasattr(model, "stage3") else None
     calls: dict[str, Callable[[], object]] = {
@@ -151,7 +152,7 @@ def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps
     for r in range(repeats):  # interleaved, alternating who goes first
         for name in (["ce", "le"] if r % 2 == 0 else ["le", "ce"]):
             times[name].append(train_steps(name))
-        times["le_grad"].append(train_steps("le_grad"))
+        times["le_grad"].append(train_steps("le_grad", max(1, steps // 5)))  # ~10 CE steps each
         for name, fn in calls.items():
             times[name].append(timed_call(fn))
     median = {name: statistics.median(values) for name, values in times.items()}
