@@ -164,7 +164,8 @@ def test_kd_needs_teacher_and_create_errors():
         distill.create("dkd", Linear(0), Linear(1))
     assert "ce" in str(error.value) and "kd" in str(error.value)
     assert isinstance(distill.create("KD", Linear(0), Linear(1), temperature=2), KD)
-    assert distill.available() == ["ce", "dml", "kd"]
+    names = distill.available()  # sorted; later parts register more methods
+    assert names == sorted(names) and {"ce", "dml", "kd"} <= set(names)
 
 
 def test_teacher_is_frozen_hidden_and_stays_in_eval():
