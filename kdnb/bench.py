@@ -78,7 +78,62 @@ def trainer_vs_bare_loop(model_name: str = "resnet8", batch_size: int = 128, ste
     }
 
 
-BENCHES = {"trainer": trainer_vs_bare_loop}
+def estimator_batched_vs_loop(model_name: str = "alexnet_small", feature: str = "fc1.pre", images: int = 8,
+                              grid: int = 16, samples: int = 8, steps: int = 10, repeats: int = 3) -> dict:
+    """Entropy-estimator images/s, batched (all ``images`` in one :func:`kdnb.concepts.estimate_entropy` call)
+    over a per-image loop (one call per image), same settings and noise seeds, on cluttered Fashion-MNIST test
+    images and an untrained ``model_name``'s ``feature``. Faithful mode, ``steps`` SGD steps without the extra
+    ones (``extra_steps=0``) and ``samples`` noise samples a step; ``noise_samples_per_s`` counts the perturbed
+    forward+backward passes (``s_f`` draws included) per second of the batched side."""
+    from . import concepts, data, device, models
+
+    dev = device()
+    info = data.info("cluttered_fashion_mnist")
+    ds = data.dataset("cluttered_fashion_mnist", "test")
+    x = (ds.data[:images, None].float() / 255 - info.mean[0]) / info.std[0]
+    torch.manual_seed(0)
+    net = models.create(model_name, num_classes=info.num_classes, in_channels=info.in_channels).to(dev)
+    fn = concepts.feature_fn(net, feature)
+    settings = dict(samples=samples, sf_samples=samples, steps=steps, extra_steps=0, device=dev)
+    seeds = list(range(images))
+
+    def batched() -> None:
+        concepts.estimate_entropy(fn, x, grid, image_seeds=seeds, **settings)
+
+    def loop() -> None:
+        for i in range(images):
+            concepts.estimate_entropy(fn, x[i:i + 1], grid, image_seeds=[seeds[i]], **settings)
+
+    def timed(run: Callable[[], None]) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        run()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return images / (time.perf_counter() - began)
+
+    batched()  # warm-up
+    batched_ips, loop_ips = [], []
+    for r in range(repeats):  # interleaved, alternating who goes first
+        for tag in (("b", "l") if r % 2 == 0 else ("l", "b")):
+            (batched_ips if tag == "b" else loop_ips).append(timed(batched if tag == "b" else loop))
+    per_image = samples * (steps - 1) + samples  # SGD steps (the last one only records) and the s_f draw
+    return {
+        "name": "estimator_batched_vs_loop",
+        "ratio": statistics.median(batched_ips) / statistics.median(loop_ips),
+        "batched_images_per_s": statistics.median(batched_ips),
+        "loop_images_per_s": statistics.median(loop_ips),
+        "noise_samples_per_s": statistics.median(batched_ips) * per_image,
+        "model": model_name, "feature": feature, "dataset": "cluttered_fashion_mnist", "images": images,
+        "image_size": info.image_size, "grid": grid, "samples": samples, "steps": steps, "mode": "faithful",
+        "repeats": repeats,
+    }
+
+
+BENCHES = {"trainer": trainer_vs_bare_loop, "estimator": estimator_batched_vs_loop}
+# --quick: tiny sizes that only check that a bench runs.
+QUICK = {"trainer": {"steps": 4, "repeats": 3}, "estimator": {"images": 2, "samples": 4, "steps": 2, "repeats": 1}}
 
 
 def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps: int = 10,
@@ -182,7 +237,7 @@ def main(names: list[str] | None = None, quick: bool = False) -> list[dict]:
         raise SystemExit(f"unknown bench {unknown}; choose from: {', '.join(BENCHES)}")
     results = []
     for name in chosen:
-        kwargs = {"steps": 4, "repeats": 3} if quick else {}
+        kwargs = QUICK.get(name, {}) if quick else {}
         entry = BENCHES[name](**kwargs)
         entry.update(device=str(device()), threads=torch.get_num_threads(), torch=torch.__version__,
                      machine=platform.machine())

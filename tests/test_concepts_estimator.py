@@ -305,3 +305,12 @@ def test_feature_fn_and_the_analysis_cache(tmp_path):
     assert torch.equal(first.sigma, again.sigma) and isinstance(again, EntropyResult)
     run_entropy(run, "fc1.pre", x, 4, epoch=2, root=tmp_path, **options)
     assert run.loads == [1, 2]
+
+
+def test_estimator_bench_runs():
+    from kdnb import bench
+
+    entry = bench.estimator_batched_vs_loop(images=2, samples=2, steps=2, repeats=1)
+    assert entry["name"] == "estimator_batched_vs_loop" and entry["ratio"] > 0
+    assert entry["batched_images_per_s"] > 0 and entry["loop_images_per_s"] > 0
+    assert bench.QUICK["estimator"]["repeats"] == 1 and "estimator" in bench.BENCHES
