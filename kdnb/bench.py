@@ -132,8 +132,9 @@ def estimator_batched_vs_loop(model_name: str = "alexnet_small", feature: str = 
 
 
 BENCHES = {"trainer": trainer_vs_bare_loop, "estimator": estimator_batched_vs_loop}
-# --quick: tiny sizes that only check that a bench runs.
-QUICK = {"trainer": {"steps": 4, "repeats": 3}, "estimator": {"images": 2, "samples": 4, "steps": 2, "repeats": 1}}
+# --quick: tiny sizes that only check that a bench runs (QUICK_DEFAULT for a bench not listed).
+QUICK_DEFAULT = {"steps": 4, "repeats": 3}
+QUICK = {"estimator": {"images": 2, "samples": 4, "steps": 2, "repeats": 1}}
 
 
 def le_step_vs_ce_step(model_name: str = "resnet8", batch_size: int = 128, steps: int = 10,
@@ -237,7 +238,7 @@ def main(names: list[str] | None = None, quick: bool = False) -> list[dict]:
         raise SystemExit(f"unknown bench {unknown}; choose from: {', '.join(BENCHES)}")
     results = []
     for name in chosen:
-        kwargs = QUICK.get(name, {}) if quick else {}
+        kwargs = QUICK.get(name, QUICK_DEFAULT) if quick else {}
         entry = BENCHES[name](**kwargs)
         entry.update(device=str(device()), threads=torch.get_num_threads(), torch=torch.__version__,
                      machine=platform.machine())
