@@ -16,7 +16,8 @@ Methods (Gu et al. 2020, §2; the references the tests check against are Captum'
 :math:`\\partial z_k / \\partial A_{cij} = W_{kc} / (hw)`, so the K maps are
 :math:`\\mathrm{ReLU}(\\sum_c W_{kc} A_c) / (hw)`: one forward, no backward. Everywhere else the K gradients come
 from one vectorised backward (``torch.autograd.grad(..., is_grads_batched=True)``: the backward graph is run once
-under ``vmap`` over the K one-hot output gradients), from the logits to the layer (Grad-CAM) or to the input.
+under ``vmap`` over the K one-hot output gradients; in passes of 16 classes when there are more), from the logits
+to the layer (Grad-CAM) or to the input.
 
 **Per class, batch-summed, as Captum.** The gradient for class k is that of :math:`\\sum_i z_{ik}` (Captum's
 ``target=k`` on a batch). In eval mode that is each image's own gradient; in train mode BatchNorm normalises by
@@ -84,16 +85,25 @@ def gradcam_closed_form(activations: Tensor, weight: Tensor) -> Tensor:
     return F.relu(torch.einsum("kc,nc...->nk...", weight.detach(), a)).div_(area)
 
 
-def all_class_gradients(logits: Tensor, inputs: Tensor, retain_graph: bool = False) -> Tensor:
+CLASSES_PER_PASS = 16  # one-hot gradients per vectorised backward: bounds memory for many classes (CIFAR-100)
+
+
+def all_class_gradients(logits: Tensor, inputs: Tensor, retain_graph: bool = False,
+                        classes_per_pass: int = CLASSES_PER_PASS) -> Tensor:
     """:math:`\\partial (\\sum_i z_{ik}) / \\partial \\text{inputs}` for every class k, shape
-    ``(N, K, *inputs.shape[1:])``, from one vectorised backward (``is_grads_batched``). Parameter ``.grad`` is
-    untouched."""
+    ``(N, K, *inputs.shape[1:])``, from vectorised backwards (``is_grads_batched``) over ``classes_per_pass``
+    classes each: one pass for K <= 16. The vectorised backward holds that many gradients of every activation at
+    once. Parameter ``.grad`` is untouched."""
     n, k = logits.shape
     eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
-    one_hots = eye[:, None, :].expand(k, n, k)
-    (grads,) = torch.autograd.grad(logits, inputs, grad_outputs=one_hots, is_grads_batched=True,
-                                   retain_graph=retain_graph)
-    return grads.transpose(0, 1)
+    parts = []
+    for first in range(0, k, classes_per_pass):
+        rows = eye[first:first + classes_per_pass]
+        last = first + classes_per_pass >= k
+        (grads,) = torch.autograd.grad(logits, inputs, grad_outputs=rows[:, None, :].expand(len(rows), n, k),
+                                       is_grads_batched=True, retain_graph=retain_graph or not last)
+        parts.append(grads)
+    return torch.cat(parts).transpose(0, 1)
 
 
 def gradcam_from_gradients(activations: Tensor, grads: Tensor) -> Tensor:
