@@ -1,7 +1,8 @@
 """Part I (Cheng et al., CVPR 2020): the input conditional-entropy estimator and the concept metrics.
 
 - :func:`estimate_entropy` — σ and H maps ``(N, grid, grid)`` for any feature callable, ``"faithful"`` (the
-  released code's early-stopped SGD path) or ``"converged"`` (the optimum at the same mean entropy);
+  released code's early-stopped SGD path), ``"converged"`` (the optimum at the same mean entropy) or
+  ``"linearised"`` (a proxy from a few vector–Jacobian products, predicting either);
   :func:`feature_fn` makes the callable from a model's named feature; :func:`run_entropy` computes them for a
   trained run's checkpoint through the analysis cache.
 - Metrics: :func:`background_baseline` (H̄), :func:`count_concepts` (N_fg, N_bg), :func:`lambda_ratio` (λ),

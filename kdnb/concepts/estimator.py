@@ -24,6 +24,14 @@ spatial pattern of ``H`` carries information:
     at a bound its optimum is ``H_g − mean H = −½ (log C_g − mean log C)``, ``C_g`` the cell's squared
     sensitivity (estimator.md, T2).
 
+``"linearised"`` — a cheap proxy (estimator.md §7): the cells' squared sensitivities ``C_g`` of
+    ``x ↦ relu(f(x))`` at the image (ReLU mask included) from ``vjps`` random vector–Jacobian products, then the
+    estimator's answer for that linear map with exact expectations — ``predict="faithful"``: the released SGD loop
+    on the expected gradient (clamp, stop, boost, selection); ``predict="converged"``: the T2 optimum. About
+    ``vjps`` forward+backward passes per image instead of ``samples × steps``. It is exact for linear maps; for a
+    network it assumes the map is linear over sub-grey-level perturbations, which must be checked against the
+    Monte-Carlo modes before it is trusted.
+
 Implementation: all images of a call are optimised together with **exactly per-image gradients** (the loss is
 the *sum* of the per-image losses, never their mean), per-image ``λ`` and stopping; noise samples are drawn
 per image from the image's own generator, in chunks of ``chunk`` samples, so an image's noise and trajectory
@@ -74,7 +82,7 @@ __all__ = ["HALF_LOG_2PI_E", "EntropyResult", "estimate_entropy", "entropy_of", 
            "feature_fn", "strict_fp32", "MODES"]
 
 HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)  # 1.4189385...
-MODES = ("faithful", "converged")
+MODES = ("faithful", "converged", "linearised")
 
 _FAITHFUL = dict(sigma0=0.01, sigma_min=1e-3, sigma_max=1.0, lam=7.0, boost=1.5, target=-2.8, steps=60,
                  extra_steps=20, lr=None, samples=32, sf_samples=96, relu=True, chunk=16, max_batch=1024, seed=0,
@@ -82,7 +90,9 @@ _FAITHFUL = dict(sigma0=0.01, sigma_min=1e-3, sigma_max=1.0, lam=7.0, boost=1.5,
 _CONVERGED = dict(_FAITHFUL, converged_steps=100, converged_average=0.02, converged_damping=0.5)
 _CONVERGED.pop("lam"), _CONVERGED.pop("boost"), _CONVERGED.pop("steps"), _CONVERGED.pop("extra_steps")
 _CONVERGED.pop("lr")
-DEFAULTS = {"faithful": _FAITHFUL, "converged": _CONVERGED}
+_LINEARISED = {k: v for k, v in _FAITHFUL.items() if k not in ("samples", "sf_samples")}
+_LINEARISED.update(vjps=32, predict="faithful")
+DEFAULTS = {"faithful": _FAITHFUL, "converged": _CONVERGED, "linearised": _LINEARISED}
 
 
 def entropy_of(sigma: Tensor | float) -> Tensor:
@@ -148,6 +158,7 @@ class EntropyResult:
     ``(N,)`` the normaliser. ``lam``: ``(N,)`` each image's final λ (faithful; boosted ones are ×1.5).
     ``step``: ``(N,)`` the kept step. ``history``: ``(N, T)`` the mean entropy at every step (faithful) or the
     normalised distortion (converged), NaN where an image had stopped. ``settings``: every option used.
+    ``sensitivity``: ``(N, grid, grid)`` the cells' squared sensitivities C_g (linearised mode only).
     """
 
     sigma: Tensor
@@ -161,6 +172,7 @@ class EntropyResult:
     history: Tensor
     mode: str
     settings: dict = field(default_factory=dict)
+    sensitivity: Tensor | None = None
 
     def to_dict(self) -> dict:
         """Plain tensors and values (what the analysis cache stores); :meth:`from_dict` reverses it."""
@@ -244,12 +256,13 @@ def estimate_entropy(feature_fn: Callable[[Tensor], Tensor], images: Tensor, gri
     the network sees them) given the features ``feature_fn(images)``.
 
     ``feature_fn``: any callable from an image batch to a feature batch whose samples are independent (see
-    :func:`feature_fn` for a model's named feature). ``mode``: ``"faithful"`` or ``"converged"`` (module
-    docstring). Options (with their defaults there): ``sigma0``, ``sigma_min``, ``sigma_max``, ``target``,
+    :func:`feature_fn` for a model's named feature). ``mode``: ``"faithful"``, ``"converged"`` or
+    ``"linearised"`` (module docstring). Options (with their defaults there): ``sigma0``, ``sigma_min``, ``sigma_max``, ``target``,
     ``samples``, ``sf_samples``, ``relu``, ``chunk``, ``max_batch``, ``seed`` (image i's noise generator is
     seeded ``seed * 1_000_003 + i``), ``image_seeds`` (one seed per image instead, e.g. to repeat one image of
     a batch alone), ``device``; faithful only: ``lam`` (float or one per image), ``boost``, ``steps``,
-    ``extra_steps`` (0 disables the boost), ``lr``; converged only: ``converged_steps`` (100),
+    ``extra_steps`` (0 disables the boost), ``lr`` (also for linearised); linearised only: ``vjps`` (32),
+    ``predict`` (``"faithful"`` or ``"converged"``; no ``samples``/``sf_samples``); converged only: ``converged_steps`` (100),
     ``converged_average`` (0.02, the floor of the averaging weight), ``converged_damping`` (0.5).
     Pass ``target=None`` in faithful mode to keep the last iterate instead (for checking the loss's stationary
     point).
@@ -268,7 +281,9 @@ def estimate_entropy(feature_fn: Callable[[Tensor], Tensor], images: Tensor, gri
         raise ValueError(f"image_seeds has {len(seeds)} seeds for {n} images")
     settings = {k: v for k, v in opts.items() if k not in ("device", "image_seeds")}
     settings.update(grid=grid, image_seeds=[int(s) for s in seeds])
-    if mode == "faithful" and settings["lr"] is None:
+    if mode == "linearised" and opts["predict"] not in ("faithful", "converged"):
+        raise ValueError(f"predict must be 'faithful' or 'converged'; got {opts['predict']!r}")
+    if "lr" in settings and settings["lr"] is None:
         settings["lr"] = 1e-4 * grid * grid / 256
     if isinstance(settings.get("lam"), Tensor):
         settings["lam"] = settings["lam"].tolist()
@@ -278,10 +293,17 @@ def estimate_entropy(feature_fn: Callable[[Tensor], Tensor], images: Tensor, gri
         with torch.no_grad():
             clean = feature_fn(x)
             clean = (F.relu(clean) if opts["relu"] else clean).reshape(n, -1).float()
-            s_f = _normaliser(feature_fn, x, clean, noise, opts)
-        valid = s_f > 0
-        run = _faithful if mode == "faithful" else _converged
-        sigma, step, lam, history = run(feature_fn, x, clean, s_f, valid, noise, grid, opts, settings)
+            s_f = _normaliser(feature_fn, x, clean, noise, opts) if mode != "linearised" else None
+        sensitivity = None
+        if mode == "linearised":
+            sensitivity, s_f = _sensitivities(feature_fn, x, clean, seeds, grid, opts)
+            valid = s_f > 0
+            sigma, step, lam, history = _linearised(sensitivity, valid, grid, opts, settings)
+            sensitivity = sensitivity.cpu()
+        else:
+            valid = s_f > 0
+            run = _faithful if mode == "faithful" else _converged
+            sigma, step, lam, history = run(feature_fn, x, clean, s_f, valid, noise, grid, opts, settings)
     sigma = sigma.detach().cpu()
     lo, hi = opts["sigma_min"], opts["sigma_max"]
     pinned = ((sigma <= lo * (1 + 1e-6)) | (sigma >= hi * (1 - 1e-6))) & valid.cpu()[:, None, None]
@@ -289,7 +311,7 @@ def estimate_entropy(feature_fn: Callable[[Tensor], Tensor], images: Tensor, gri
     entropy = torch.log(sigma) + HALF_LOG_2PI_E
     return EntropyResult(sigma=sigma, entropy=entropy, mean_entropy=entropy.mean(dim=(1, 2)), valid=valid.cpu(),
                          pinned=pinned, s_f=s_f.cpu(), lam=lam.cpu(), step=step.cpu(), history=history.cpu(),
-                         mode=mode, settings=settings)
+                         mode=mode, settings=settings, sensitivity=sensitivity)
 
 
 def _normaliser(fn, x: Tensor, clean: Tensor, noise: _Noise, opts: dict) -> Tensor:
@@ -313,38 +335,34 @@ def _loss_backward(fn, x, clean, s_f, sigma, active: Tensor, noise, opts) -> Non
         (part / s_f[dev_images]).sum().div(samples).backward()
 
 
-def _faithful(fn, x, clean, s_f, valid, noise, grid, opts, settings):
-    n, dev = x.shape[0], x.device
+def _sgd_path(n: int, grid: int, dev, valid: Tensor, opts: dict, settings: dict,
+              gradient: Callable[[Tensor, Tensor, Tensor], Tensor]):
+    """The released code's loop: clamp, record mean H, step, stop/boost at step ``steps``, keep the iterate
+    nearest the target. ``gradient(sigma, active, lam)`` gives ∂/∂σ of Σ_active (distortion/s_f − λ·H)."""
     lo, hi, target = opts["sigma_min"], opts["sigma_max"], opts["target"]
     lr, steps, extra = settings["lr"], opts["steps"], opts["extra_steps"]
     lam = torch.as_tensor(opts["lam"], dtype=torch.float32, device=dev).expand(n).clone()
-    sigma = torch.full((n, grid, grid), float(opts["sigma0"]), device=dev, requires_grad=True)
+    sigma = torch.full((n, grid, grid), float(opts["sigma0"]), device=dev)
     active = valid.clone()
     total = steps + extra
     history = torch.full((n, total), float("nan"))
-    kept = sigma.detach().clone()
+    kept = sigma.clone()
     best = torch.full((n,), float("inf"), device=dev)
     kept_step = torch.zeros(n, dtype=torch.long, device=dev)
     for t in range(total):
-        with torch.no_grad():
-            sigma.clamp_(lo, hi)
-        h = torch.log(sigma).mean(dim=(1, 2)) + HALF_LOG_2PI_E  # (N,), with grad
-        with torch.no_grad():
-            hd = h.detach()
-            history[active.cpu(), t] = hd[active].cpu()
-            gap = (hd - target).abs() if target is not None else torch.zeros_like(hd)
-            better = active & (gap <= best if target is None else gap < best)
-            best = torch.where(better, gap, best)
-            kept[better] = sigma.detach()[better]
-            kept_step[better] = t
+        sigma.clamp_(lo, hi)
+        h = torch.log(sigma).mean(dim=(1, 2)) + HALF_LOG_2PI_E
+        history[active.cpu(), t] = h[active].cpu()
+        gap = (h - target).abs() if target is not None else torch.zeros_like(h)
+        better = active & (gap <= best if target is None else gap < best)
+        best = torch.where(better, gap, best)
+        kept[better] = sigma[better]
+        kept_step[better] = t
         if t == total - 1 or not bool(active.any()):
             break
-        # One SGD step on the images still running: the gradient of Σ_active (mse/s_f − λ·H).
-        sigma.grad = None
-        (-(lam * h)[active].sum()).backward()
-        _loss_backward(fn, x, clean, s_f, sigma, torch.nonzero(active).flatten().cpu(), noise, opts)
-        with torch.no_grad():
-            sigma[active] -= lr * sigma.grad[active]
+        # One SGD step on the images still running.
+        grad = gradient(sigma, active, lam)
+        sigma[active] -= lr * grad[active]
         if t == steps - 1 and target is not None:
             # The released stop rule: an image whose mean entropy rose above the target stops; the others
             # go on with a boosted λ.
@@ -352,6 +370,17 @@ def _faithful(fn, x, clean, s_f, valid, noise, grid, opts, settings):
             lam = torch.where(active & ~reached, lam * opts["boost"], lam)
             active = active & ~reached
     return kept.clamp(lo, hi), kept_step, lam, history
+
+
+def _faithful(fn, x, clean, s_f, valid, noise, grid, opts, settings):
+    def gradient(sigma: Tensor, active: Tensor, lam: Tensor) -> Tensor:
+        leaf = sigma.clone().requires_grad_(True)
+        h = torch.log(leaf).mean(dim=(1, 2)) + HALF_LOG_2PI_E
+        (-(lam * h)[active].sum()).backward()
+        _loss_backward(fn, x, clean, s_f, leaf, torch.nonzero(active).flatten().cpu(), noise, opts)
+        return leaf.grad
+
+    return _sgd_path(x.shape[0], grid, x.device, valid, opts, settings, gradient)
 
 
 def _converged(fn, x, clean, s_f, valid, noise, grid, opts, settings):
@@ -397,3 +426,61 @@ def _converged(fn, x, clean, s_f, valid, noise, grid, opts, settings):
     sigma = torch.exp(log_sigma)
     step = torch.full((n,), steps, dtype=torch.long)
     return sigma, step, torch.full((n,), float("nan")), history
+
+
+def _cell_index(grid: int, size: tuple[int, int], dev) -> Tensor:
+    """The cell of every pixel (flattened), as the nearest upsampling of :func:`upsample` assigns it."""
+    cells = torch.arange(grid * grid, dtype=torch.float32, device=dev).reshape(1, grid, grid)
+    return upsample(cells, size).reshape(-1).long()
+
+
+def _sensitivities(fn, x: Tensor, clean: Tensor, seeds: Sequence[int], grid: int, opts: dict
+                   ) -> tuple[Tensor, Tensor]:
+    """Per image, the cells' squared sensitivities ``C_g = Σ_{i ∈ g} (JᵀJ)_ii / D`` of ``x ↦ relu(f(x))`` (its
+    ReLU mask included; D feature elements, as the distortion is a mean over them), from ``vjps`` random
+    vector–Jacobian products: ``E_v[(Jᵀv)_i²] = (JᵀJ)_ii`` for ``v ~ N(0, I)``. Also the linearised ``s_f =
+    sigma0² Σ_g C_g``. Each image draws its probe vectors from its own generator."""
+    n, dev, vjps = x.shape[0], x.device, opts["vjps"]
+    features = clean.shape[1]
+    probes = _Noise(seeds, (features,), dev)
+    total = torch.zeros_like(x)
+    for images, _, count in _blocks(torch.arange(n), vjps, opts["chunk"], opts["max_batch"]):
+        d_images = images.to(dev)
+        xi = x[d_images][:, None].expand(-1, count, *x.shape[1:]).reshape(-1, *x.shape[1:]).clone()
+        xi.requires_grad_(True)
+        out = fn(xi)
+        if opts["relu"]:
+            out = F.relu(out)
+        v = probes.draw(images.tolist(), count)
+        (out.reshape(len(images), count, -1) * v).sum().backward()
+        total[d_images] += (xi.grad.reshape(len(images), count, *x.shape[1:]) ** 2).sum(dim=1)
+    pixel = total.sum(dim=1).reshape(n, -1) / vjps  # channels share a cell's σ
+    cells = torch.zeros(n, grid * grid, device=dev).index_add_(1, _cell_index(grid, x.shape[-2:], dev), pixel)
+    sensitivity = cells.reshape(n, grid, grid) / features
+    return sensitivity, opts["sigma0"] ** 2 * sensitivity.sum(dim=(1, 2))
+
+
+def _linearised(sensitivity: Tensor, valid: Tensor, grid: int, opts: dict, settings: dict):
+    """The estimator's answer for the linearised feature map with sensitivities C (exact expectations, no
+    Monte-Carlo): ``predict="faithful"`` runs the released SGD loop on the expected gradient
+    ``2 σ_g C_g / (σ0² C_tot) − λ / (G σ_g)`` (clamp, stop, boost and selection included; estimator.md T3 is its
+    gradient flow); ``predict="converged"`` is the T2 optimum ``log σ = −½ log C + τ``, projected onto the
+    clamp box at the target mean entropy."""
+    n, dev = sensitivity.shape[0], sensitivity.device
+    total = sensitivity.sum(dim=(1, 2)).clamp(min=1e-38)[:, None, None]
+    if opts["predict"] == "faithful":
+        a = torch.where(valid[:, None, None], sensitivity / (opts["sigma0"] ** 2 * total), 0.0)
+        cells = grid * grid
+
+        def gradient(sigma: Tensor, active: Tensor, lam: Tensor) -> Tensor:
+            return 2 * sigma * a - lam[:, None, None] / (cells * sigma)
+
+        return _sgd_path(n, grid, dev, valid, opts, settings, gradient)
+    lo, hi = math.log(opts["sigma_min"]), math.log(opts["sigma_max"])
+    floor = sensitivity.flatten(1).amax(dim=1).clamp(min=1e-30)[:, None, None] * 1e-12
+    wanted = -0.5 * torch.log(torch.maximum(sensitivity, floor))
+    log_sigma = _project(wanted.flatten(1), opts["target"] - HALF_LOG_2PI_E, lo, hi).reshape(n, grid, grid)
+    sigma = torch.exp(log_sigma)
+    distortion = (sigma ** 2 * sensitivity).sum(dim=(1, 2)) / (opts["sigma0"] ** 2 * total[:, 0, 0])
+    history = torch.where(valid, distortion, float("nan")).cpu()[:, None]
+    return sigma, torch.zeros(n, dtype=torch.long), torch.full((n,), float("nan")), history
