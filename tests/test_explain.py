@@ -215,13 +215,17 @@ def test_other_gap_families_match_captum_at_default_layer(name):
     assert max_diff(explain.class_maps(model, x), ref) < TOL
 
 
-def test_classes_in_several_passes(resnet, images):
-    """Many classes (CIFAR-100) go through the vectorised backward a few at a time; the result is the same."""
-    model = copy.deepcopy(resnet).eval()
+def test_gradient_strategies_agree(resnet, images):
+    """One backward per class (the default) and vectorised passes (is_grads_batched, a few classes at a time for
+    CIFAR-100) give the same gradients."""
+    model = copy.deepcopy(resnet).train()
     xi = images.clone().requires_grad_(True)
     logits = model(xi)
-    whole = explain.all_class_gradients(logits, xi, retain_graph=True)
-    assert max_diff(explain.all_class_gradients(logits, xi, classes_per_pass=3), whole) < 1e-7
+    loop = explain.all_class_gradients(logits, xi, retain_graph=True)
+    assert max_diff(explain.all_class_gradients(logits, xi, retain_graph=True, strategy="batched"), loop) < 1e-7
+    assert max_diff(explain.all_class_gradients(logits, xi, strategy="batched", classes_per_pass=3), loop) < 1e-7
+    with pytest.raises(ValueError, match="strategy"):
+        explain.all_class_gradients(logits, xi, strategy="vmap")
 
 
 def snapshot(model: nn.Module):

@@ -12,9 +12,9 @@ with :math:`\\alpha = 0.9`, :math:`\\lambda = 0.1` (§5).
 
 Grad-CAM maps (the paper's default, "the last convolutional layer") come from the training forward's own tensors:
 at the last-stage output of a GAP + Linear model they are the closed form (no backward, no extra forward);
-elsewhere one batched backward to the layer, keeping the graph for the loss. Input-space maps (``"grad"``,
-``"grad_x_input"``, ``"guided_backprop"``) take one side-effect-free forward of their own and one batched
-backward, in the network's training mode. Maps are taken as they come (Grad-CAM after its ReLU, gradients
+elsewhere one backward per class to the layer, keeping the graph for the loss. Input-space maps (``"grad"``,
+``"grad_x_input"``, ``"guided_backprop"``) take one side-effect-free forward of their own and one backward per
+class, in the network's training mode. Maps are taken as they come (Grad-CAM after its ReLU, gradients
 signed), flattened, at the layer's resolution: the paper does not say otherwise.
 
 LE-Permut (§5.4.1) permutes each target's non-ground-truth entries: the responses stay, the class similarity
