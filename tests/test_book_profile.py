@@ -19,11 +19,12 @@ def test_distillation_chapter_at_book_profile():
     values = glued(nbformat.read(notebooks.executed_path(chapter), as_version=4))
     assert values["n_seeds"] == 3
     assert 80 < values["teacher_acc"] <= 100  # a ResNet-20 on 10,000 Fashion-MNIST images, 6 epochs
-    # The interval measured when the chapter was written (2-core CPU, torch 2.14.1): KD - CE = +1.12 points,
-    # 95% CI [+0.05, +2.19] over 3 paired seeds. CPU runs are deterministic for a thread count; the
-    # tolerances leave room for another machine's float reduction order, not for a different result.
-    assert values["kd_minus_ce"] == pytest.approx(1.12, abs=0.3)
-    assert values["kd_minus_ce_low"] == pytest.approx(0.05, abs=0.4)
-    assert values["kd_minus_ce_high"] == pytest.approx(2.19, abs=0.4)
+    # KD - CE as measured on two 2-core CPU machines of this project (torch 2.14.1, 2 threads): +1.12 points,
+    # 95% CI [+0.05, +2.19] (the first session's machine) and +1.17, CI [+0.70, +1.64] (AMD EPYC; the old and the new
+    # trainer give bit-identical runs there). CPU runs repeat exactly on one machine, but another CPU's kernels
+    # round differently. The bands hold both measurements with room for a third machine, and not a different result
+    # (a KD gain below half a point, or an interval that no longer sits around +1).
+    assert 0.6 <= values["kd_minus_ce"] <= 1.8
+    assert -0.3 <= values["kd_minus_ce_low"] < values["kd_minus_ce"] < values["kd_minus_ce_high"] <= 2.6
     expected = kdnb.analysis.REPRODUCED if values["kd_minus_ce_low"] > 0 else kdnb.analysis.INCONCLUSIVE
     assert values["verdict"] == expected
