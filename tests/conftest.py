@@ -96,6 +96,23 @@ def smoke_site(smoke_book) -> Path:
 
 
 @pytest.fixture
+def count_trainers(monkeypatch):
+    """Counts Trainer constructions inside kdnb.runs (one per trained run): ``[desc, ...]``."""
+    from kdnb import runs
+    from kdnb.train import Trainer
+
+    made = []
+
+    class Counting(Trainer):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "Trainer", Counting)
+    return made
+
+
+@pytest.fixture
 def one_thread(monkeypatch):
     """Bit-equality between runs needs a fixed thread count (it changes float reduction order); no bars."""
     import torch

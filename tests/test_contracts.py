@@ -48,19 +48,6 @@ def register(monkeypatch):
     return add
 
 
-@pytest.fixture
-def count_trainers(monkeypatch):
-    made = []
-
-    class Counting(Trainer):
-        def __init__(self, *args, **kwargs):
-            made.append(kwargs.get("desc"))
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(runs, "Trainer", Counting)
-    return made
-
-
 # -------------------------------------------------------------------------------- 1. frozen means frozen
 class DropoutNet(nn.Module):
     """A small student with BatchNorm and dropout in the part that gets frozen."""

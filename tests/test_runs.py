@@ -37,20 +37,6 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[name].cpu(), b[name].cpu()), name
 
 
-@pytest.fixture
-def count_trainers(monkeypatch):
-    """Counts Trainer constructions inside kdnb.runs (one per trained run)."""
-    made = []
-
-    class Counting(Trainer):
-        def __init__(self, *args, **kwargs):
-            made.append(kwargs.get("desc"))
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(runs, "Trainer", Counting)
-    return made
-
-
 # ---------------------------------------------------------------------------------------------- RunSpec
 def test_key_is_stable_across_processes():
     spec = tiny_spec(method="kd", method_args={"temperature": 4.0, "alpha": 0.9}, teacher=tiny_spec(seed=3))
