@@ -12,7 +12,7 @@ import torch
 
 from kdnb import runs, storage
 from kdnb.runs import RunSpec
-from kdnb.train import Schedule, Trainer
+from kdnb.train import Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_time_s",)
