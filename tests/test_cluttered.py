@@ -11,12 +11,7 @@ from kdnb.data import cluttered
 from kdnb.data.cluttered import ClutteredFashionMNIST, ClutterSpec, downsample_mask, generate, item_boxes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run faster on one thread
 
 
 def block_items(n: int = 30) -> torch.Tensor:

@@ -20,13 +20,7 @@ HALF = 0.5 * math.log(2 * math.pi * math.e)
 CPU = "cpu"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine run ~50x slower with 2 intra-op threads than with one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run faster on one thread
 
 
 def linear_map(grid: int = 8, px: int = 2, features: int = 64, seed: int = 0, spread: float = 0.5,

@@ -13,12 +13,7 @@ from kdnb.distill import Context, Stage, le_targets
 from kdnb.train import Schedule
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny tensors run faster on one thread
 
 
 def test_le_targets_by_hand():
