@@ -255,11 +255,9 @@ class Run:
 
     def checkpoint_path(self, epoch: float) -> Path:
         """The checkpoint file of ``epoch``, one of ``spec.schedule.checkpoints`` (fractions allowed)."""
-        steps = self.spec.schedule.checkpoint_steps(self.metrics["steps_per_epoch"])
-        step = step_of(epoch, self.metrics["steps_per_epoch"])
-        if step not in steps or not any(abs(c - epoch) < 1e-9 for c in self.spec.schedule.checkpoints):
+        if not any(abs(c - epoch) < 1e-9 for c in self.spec.schedule.checkpoints):
             raise ValueError(f"no checkpoint at epoch {epoch}; this run keeps {list(self.spec.schedule.checkpoints)}")
-        return self.path / "ckpt" / checkpoint_name(step)
+        return self.path / "ckpt" / checkpoint_name(step_of(epoch, self.metrics["steps_per_epoch"]))
 
     def model(self, epoch: float | None = None, device: torch.device | str | None = None) -> nn.Module:
         """The student after training (``epoch=None``) or at one of the schedule's checkpoints, in eval mode."""
@@ -374,12 +372,17 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
     The whole chain (teacher, input runs) is validated first; then the teacher and the input runs are
     themselves obtained with ``train_or_load``, then this run.
     """
+    spec.validate()  # the whole chain, once, before anything trains
+    return _obtain(spec, Path(root) if root is not None else runs_root(), device, force)
+
+
+def _obtain(spec: RunSpec, root: Path, device: torch.device | str | None, force: bool = False) -> Run:
+    """:func:`train_or_load` for a spec whose chain is already validated."""
     from . import device as default_device
 
-    spec.validate()
-    root = Path(root) if root is not None else runs_root()
-    path = root / spec.key()
-    with storage.locked(root / f".{spec.key()}.lock"):
+    key = spec.key()
+    path = root / key
+    with storage.locked(root / f".{key}.lock"):
         if force:
             shutil.rmtree(path, ignore_errors=True)
         finished = _load_finished(spec, path)
@@ -388,8 +391,8 @@ def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.d
         device = torch.device(device) if device is not None else default_device()
         teacher = None
         if spec.teacher is not None:
-            teacher = train_or_load(spec.teacher, root=root, device=device).model(device=device)
-        inputs = {k: train_or_load(v, root=root, device=device) for k, v in spec.inputs().items()}
+            teacher = _obtain(spec.teacher, root, device).model(device=device)
+        inputs = {k: _obtain(v, root, device) for k, v in spec.inputs().items()}
         method = build_method(spec, teacher, inputs)
         storage.save_json(spec.to_dict(), path / "spec.json")
         trainer = Trainer(method, batches(spec, "train", device), spec.schedule, seed=spec.seed,
