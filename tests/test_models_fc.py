@@ -233,3 +233,53 @@ def test_alexnet_small_accepts_other_image_sizes() -> None:
     with torch.no_grad():
         for size in (24, 64):
             assert model(torch.randn(1, 1, size, size)).shape == (1, 10)
+
+
+# ---------------------------------------------------------------- width (conv trunk multiplier)
+# Closed forms at width 0.5, written from the documented widths halved (AlexNet 16/48/96/96/64, VGG-11
+# 32/64/128/128/256/256/256/256, ResNet 8/16/32 and head convs 32); the FC head keeps fc_width.
+HALF_WIDTH_PARAMETERS = {
+    "alexnet_small": (conv_bn(1, 16, 5) + conv_bn(16, 48, 5) + conv_bn(48, 96) + conv_bn(96, 96) + conv_bn(96, 64)
+                      + fc_head(64 * 16, 512, 10)),
+    "vgg11-fc": (sum(conv_bn(a, b) for a, b in zip([1, 32, 64, 128, 128, 256, 256, 256],
+                                                    [32, 64, 128, 128, 256, 256, 256, 256]))
+                 + fc_head(256, 512, 10)),
+    "resnet20-fc": (conv_bn(1, 8) + 3 * 2 * conv_bn(8, 8)  # stem, stage 1 (identity shortcuts)
+                    + conv_bn(8, 16) + conv_bn(16, 16) + conv_bn(8, 16, 1) + 2 * 2 * conv_bn(16, 16)  # stage 2
+                    + conv_bn(16, 32) + conv_bn(32, 32) + conv_bn(16, 32, 1) + 2 * 2 * conv_bn(32, 32)  # stage 3
+                    + 2 * conv_bn(32, 32) + fc_head(32, 256, 10)),
+}
+
+
+@pytest.mark.parametrize("name", FC_NETS)
+def test_width_one_is_the_default_network(name: str) -> None:
+    """width=1.0 builds the very same network: parameters, buffers and outputs bit-identical at one seed (the
+    default's size is the closed form above, so the default itself did not change)."""
+    torch.manual_seed(3)
+    default = models.create(name, in_channels=1).eval()
+    torch.manual_seed(3)
+    explicit = models.create(name, in_channels=1, width=1.0).eval()
+    assert default.config["width"] == 1.0
+    for (k, a), (k2, b) in zip(default.state_dict().items(), explicit.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(default(x), explicit(x))
+
+
+@pytest.mark.parametrize("name", FC_NETS)
+def test_half_width_narrows_the_trunk_only(name: str) -> None:
+    model = models.create(name, in_channels=1, width=0.5).eval()
+    assert count_parameters(model) == HALF_WIDTH_PARAMETERS[name]
+    assert model.fc1.out_features == model.fc2.out_features == net(name, 1).fc1.out_features
+    with torch.no_grad():
+        logits, features = model.forward_features(torch.randn(2, 1, 48, 48))
+    assert logits.shape == (2, 10) and features["fc1.pre"].shape == (2, model.fc1.out_features)
+    assert model.prefixes_up_to("fc1") == net(name, 1).prefixes_up_to("fc1")
+
+
+@pytest.mark.parametrize("width", [0.0, -1.0])
+def test_width_must_be_positive(width: float) -> None:
+    for name in FC_NETS:
+        with pytest.raises(ValueError, match="width"):
+            models.create(name, in_channels=1, width=width)

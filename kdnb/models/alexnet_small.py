@@ -19,7 +19,8 @@ of the parameters. Scaled for small images:
 * FC1 and FC2 have ``fc_width`` units (default 512; AlexNet: 4096); FC3 gives the logits.
 
 ``dropout`` (default 0.5, AlexNet's) follows the ReLUs of FC1 and FC2; see
-:mod:`kdnb.models.fc_head` for the head and its features.
+:mod:`kdnb.models.fc_head` for the head and its features. ``width`` (default 1.0) multiplies the five conv
+widths (rounded, at least 1): a narrower trunk for CPU budgets; FC1's input is then ``conv5 width * 16``.
 
 Features: ``convJ.pre`` (BN output of conv J, before its ReLU) and ``convJ``
 (= relu(convJ.pre), before any pooling) for J = 1..5, then the head's ``fc1.pre``,
@@ -45,21 +46,32 @@ CONV_NAMES = tuple(f"conv{j}" for j in range(1, len(ALEXNET_SMALL_CONVS) + 1))
 FC_INPUT_SIZE = 4  # the adaptive pool's output side
 
 
+def scaled_width(channels: int, width: float) -> int:
+    """``channels × width`` rounded to the nearest integer, at least 1: the conv widths of a trunk narrowed (or
+    widened) by the ``width`` option of the FC-headed nets. ValueError for a non-positive ``width``."""
+    if not width > 0:
+        raise ValueError(f"width must be a positive multiplier of the conv widths; got {width}")
+    return max(1, int(round(channels * width)))
+
+
 class AlexNetSmall(FCHeadModel):
     """AlexNet-style net sized for 28x28 and 32x32 images (others work too); see the module docstring."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, fc_width: int = 512, dropout: float = 0.5
+        self, num_classes: int = 10, in_channels: int = 3, fc_width: int = 512, dropout: float = 0.5,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         check_head_options(fc_width, dropout)
         self.name = "alexnet_small"
-        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout}
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout,
+                       "width": width}
         width_in = in_channels
-        for name, (width, kernel) in zip(CONV_NAMES, ALEXNET_SMALL_CONVS):
-            conv = nn.Conv2d(width_in, width, kernel, padding=kernel // 2, bias=False)
-            self.add_module(name, nn.Sequential(conv, nn.BatchNorm2d(width)))
-            width_in = width
+        for name, (channels, kernel) in zip(CONV_NAMES, ALEXNET_SMALL_CONVS):
+            width_out = scaled_width(channels, width)
+            conv = nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2, bias=False)
+            self.add_module(name, nn.Sequential(conv, nn.BatchNorm2d(width_out)))
+            width_in = width_out
         self._build_fc_head(width_in * FC_INPUT_SIZE**2, fc_width, num_classes, dropout)
         self._set_feature_names()
         init_weights(self)

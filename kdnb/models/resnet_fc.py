@@ -20,6 +20,10 @@ Features: those of :class:`~kdnb.models.resnet_cifar.CifarResNet` up to ``stage3
 ``fc1``, ``fc2.pre``, ``fc2``, ``pooled``, ``fc3``, ``logits``. Modules: ``stem``,
 ``stage1``-``stage3``, ``head_conv1``, ``head_conv2``, ``fc1``, ``fc2``, ``classifier``.
 
+``width`` (default 1.0) multiplies the conv widths of the stem, the stages and the head convs (16/32/64 and 64,
+rounded, at least 1; FC1's input is then the last width): a narrower trunk for CPU budgets. At 1.0 the net is
+built exactly as :class:`~kdnb.models.resnet_cifar.CifarResNet`'s body.
+
 Parameters with 10 classes, fc_width 256 and 3 input channels: resnet20-fc 430,810
 (resnet20: 272,474); resnet56-fc 1,014,106 (1 input channel: 288 fewer).
 """
@@ -29,9 +33,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdnb.models.alexnet_small import scaled_width
 from kdnb.models.base import Features, Layout, conv3x3, global_avg_pool, init_weights, record
 from kdnb.models.fc_head import FCHeadModel, check_head_options
-from kdnb.models.resnet_cifar import STAGE_WIDTHS, ResNetBody
+from kdnb.models.resnet_cifar import STAGE_STRIDES, STAGE_WIDTHS, BasicBlock, ResNetBody
 
 HEAD_CONVS = ("head_conv1", "head_conv2")
 
@@ -46,18 +51,35 @@ class ResNetFC(ResNetBody, FCHeadModel):
         in_channels: int = 3,
         fc_width: int = 256,
         dropout: float = 0.0,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         check_head_options(fc_width, dropout)
         self.name = f"resnet{depth}-fc"
-        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout}
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout,
+                       "width": width}
+        widths = tuple(scaled_width(c, width) for c in STAGE_WIDTHS)
         self._build_body(depth, in_channels)
-        width = STAGE_WIDTHS[-1]
-        self.head_conv1 = nn.Sequential(conv3x3(width, width), nn.BatchNorm2d(width))
-        self.head_conv2 = nn.Sequential(conv3x3(width, width), nn.BatchNorm2d(width))
-        self._build_fc_head(width, fc_width, num_classes, dropout)
+        if widths != STAGE_WIDTHS:
+            self._narrow_body(in_channels, widths)
+        last = widths[-1]
+        self.head_conv1 = nn.Sequential(conv3x3(last, last), nn.BatchNorm2d(last))
+        self.head_conv2 = nn.Sequential(conv3x3(last, last), nn.BatchNorm2d(last))
+        self._build_fc_head(last, fc_width, num_classes, dropout)
         self._set_feature_names()
         init_weights(self)
+
+    def _narrow_body(self, in_channels: int, widths: tuple[int, ...]) -> None:
+        """Replace the stem and stages that ``_build_body`` made at the standard widths by ones of ``widths``
+        (same blocks, strides and shortcut rule; names and feature layout unchanged). ``init_weights`` runs after."""
+        self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]))
+        width_in = widths[0]
+        for k, (stage, width, stride) in enumerate(zip((self.stage1, self.stage2, self.stage3), widths, STAGE_STRIDES),
+                                                   start=1):
+            blocks = [BasicBlock(width_in if j == 0 else width, width, stride if j == 0 else 1)
+                      for j in range(len(stage))]
+            setattr(self, f"stage{k}", nn.Sequential(*blocks))
+            width_in = width
 
     def _layout(self) -> Layout:
         head_convs: Layout = [(name, (f"{name}.pre", name)) for name in HEAD_CONVS]

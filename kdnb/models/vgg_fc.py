@@ -8,7 +8,8 @@ more), then global average pooling to a 512-vector, and the FC1-FC2-FC3 head of
 :mod:`kdnb.models.fc_head` in place of the 4096-wide ImageNet head:
 ``512 -> fc_width -> fc_width -> num_classes`` with ``fc_width`` 512 by default, the
 three-FC CIFAR VGG of the common PyTorch CIFAR code. ``dropout`` (default 0.5, VGG's)
-follows the ReLUs of FC1 and FC2.
+follows the ReLUs of FC1 and FC2. ``width`` (default 1.0) multiplies every conv width (rounded, at least 1;
+FC1's input is then the last conv's width): a narrower trunk for CPU budgets.
 
 * ``vgg11-fc``: blocks [[64], [128], [256, 256], [512, 512], [512, 512]]
 * ``vgg16-fc``: blocks [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3]
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kdnb.models.alexnet_small import scaled_width
 from kdnb.models.base import Features, Layout, conv_bn_groups, global_avg_pool, init_weights
 from kdnb.models.fc_head import FCHeadModel, check_head_options
 from kdnb.models.vgg import blocks_layout, run_blocks
@@ -49,14 +51,17 @@ class VGGFC(FCHeadModel):
         in_channels: int = 3,
         fc_width: int = 512,
         dropout: float = 0.5,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if variant not in VGG_FC_CONFIGS:
             raise ValueError(f"unknown VGG-FC variant {variant!r}; choose one of: {', '.join(VGG_FC_CONFIGS)}")
         check_head_options(fc_width, dropout)
         self.name = variant
-        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout}
-        self.blocks, width_out = conv_bn_groups(in_channels, VGG_FC_CONFIGS[variant])
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "fc_width": fc_width, "dropout": dropout,
+                       "width": width}
+        config = tuple(tuple(scaled_width(c, width) for c in group) for group in VGG_FC_CONFIGS[variant])
+        self.blocks, width_out = conv_bn_groups(in_channels, config)
         self._build_fc_head(width_out, fc_width, num_classes, dropout)
         self._set_feature_names()
         init_weights(self)
