@@ -94,8 +94,9 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any
         num_classes: number of logits.
         in_channels: image channels (3 for CIFAR, 1 for Fashion-MNIST).
         **kwargs: family-specific options: ``dropout`` (wrn, mlp, alexnet_small,
-            vgg*-fc, resnet*-fc); ``fc_width`` (alexnet_small, vgg*-fc, resnet*-fc);
-            ``image_size`` and ``hidden`` (mlp). Other families accept none.
+            vgg*-fc, resnet*-fc; and resnet{6n+2} and cnn6/8/10, after each stage or
+            conv group, Gu et al. 2020 §5.1); ``fc_width`` (alexnet_small, vgg*-fc,
+            resnet*-fc); ``image_size`` and ``hidden`` (mlp). VGG accepts none.
 
     ``create(model.name, **model.config)`` rebuilds the same architecture.
 

@@ -17,6 +17,11 @@ Features: ``convJ.pre`` (BN output of the J-th conv, before ReLU) and ``convJ``
 whole network; then ``pooled`` (B, 128) and ``logits``. Conv J is the module
 ``groups.{g}.{i}`` (layer i of group g), so for cnn6 ``prefixes_up_to("conv2")`` is
 ``("groups.0", "groups.1.0")``.
+
+Dropout (``dropout``, default 0): after each group's output (Gu et al. 2020, §5.1: "the last layer of each
+block-layer"), before the next max-pool (or the global pooling). The features record the conv outputs before
+dropout; the dropout belongs to the group's last layer, so it is off in eval mode and when that layer is
+frozen. With 0 the network is exactly the one built without the option.
 """
 
 from __future__ import annotations
@@ -36,12 +41,15 @@ CNN_CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
 class PlainCNN(FeatureModel):
     """Conv-BN-ReLU stack with pooling between groups; ``variant`` is a key of ``CNN_CONFIGS``."""
 
-    def __init__(self, variant: str, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, variant: str, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
         if variant not in CNN_CONFIGS:
             raise ValueError(f"unknown CNN variant {variant!r}; choose one of: {', '.join(CNN_CONFIGS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout (a drop probability) must be in [0, 1); got {dropout}")
         self.name = variant
-        self.config = {"num_classes": num_classes, "in_channels": in_channels}
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "dropout": dropout}
+        self.dropout = float(dropout)
 
         self.groups, width_out = conv_bn_groups(in_channels, CNN_CONFIGS[variant])
         self.classifier = nn.Linear(width_out, num_classes)
@@ -65,6 +73,8 @@ class PlainCNN(FeatureModel):
                 x = F.relu(pre)
                 record(features, f"conv{conv_index}.pre", pre)
                 record(features, f"conv{conv_index}", x)
+            if self.dropout > 0:  # after the group's features are recorded (see the module docstring)
+                x = F.dropout(x, p=self.dropout, training=group[-1].training)
         pooled = global_avg_pool(x)
         record(features, "pooled", pooled)
         logits = self.classifier(pooled)

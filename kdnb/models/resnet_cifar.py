@@ -25,6 +25,13 @@ Features (``forward_features``), in this order:
 * ``pooled`` (B, 64) and ``logits``.
 
 ``model.prefixes_up_to("stage2.block1")`` is ``("stem", "stage1", "stage2.0")``.
+
+Dropout (``dropout``, the drop probability, default 0): Gu et al. (2020, §5.1, Table 2) "drop neurons of the
+last layer of each block-layer", i.e. of each stage's output. The features record a stage's output before its
+dropout (so ``relu(stageK.pre) == stageK`` still holds); what the next stage (or the pooling) receives is the
+dropped-out tensor. The dropout belongs to the stage's last block: it is off when the model, or that block (a
+frozen part), is in eval mode. With 0 the network, its parameters and their initialisation are exactly those
+of a model built without the option.
 """
 
 from __future__ import annotations
@@ -74,6 +81,12 @@ class BasicBlock(nn.Module):
         return F.relu(self.residual_sum(x))
 
 
+def check_dropout(dropout: float) -> None:
+    """ValueError for a drop probability outside [0, 1)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout (a drop probability) must be in [0, 1); got {dropout}")
+
+
 def blocks_per_stage(depth: int) -> int:
     """``n`` such that ``depth == 6n + 2``; ValueError for other depths."""
     if depth < 8 or (depth - 2) % 6 != 0:
@@ -88,9 +101,11 @@ class ResNetBody(FeatureModel):
     FC-headed :class:`~kdnb.models.resnet_fc.ResNetFC`. Sets the modules ``stem``,
     ``stage1``, ``stage2``, ``stage3``."""
 
-    def _build_body(self, depth: int, in_channels: int) -> None:
+    def _build_body(self, depth: int, in_channels: int, dropout: float = 0.0) -> None:
         n = blocks_per_stage(depth)
+        check_dropout(dropout)
         self.depth = depth
+        self.stage_dropout = float(dropout)
         self.stem = nn.Sequential(conv3x3(in_channels, STAGE_WIDTHS[0]), nn.BatchNorm2d(STAGE_WIDTHS[0]))
         stages = []
         width_in = STAGE_WIDTHS[0]
@@ -123,6 +138,8 @@ class ResNetBody(FeatureModel):
                     for pre_name, name in pairs:
                         features[pre_name] = pre
                         features[name] = x
+            if self.stage_dropout > 0:  # after the stage's features are recorded (see the module docstring)
+                x = F.dropout(x, p=self.stage_dropout, training=stage[-1].training)
         return x
 
     def _body_layout(self) -> Layout:
@@ -136,11 +153,11 @@ class ResNetBody(FeatureModel):
 class CifarResNet(ResNetBody):
     """ResNet-(6n+2) for 32x32 (or 28x28) images; see the module docstring."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
         self.name = f"resnet{depth}"
-        self.config = {"num_classes": num_classes, "in_channels": in_channels}
-        self._build_body(depth, in_channels)
+        self.config = {"num_classes": num_classes, "in_channels": in_channels, "dropout": dropout}
+        self._build_body(depth, in_channels, dropout)
         self.classifier = nn.Linear(STAGE_WIDTHS[-1], num_classes)
         self._set_feature_names()
         init_weights(self)
