@@ -15,21 +15,28 @@ Part I's ``cluttered_fashion_mnist`` (generated, with foreground masks)::
 
     ds = kdnb.data.dataset("cluttered_fashion_mnist", "test")
     fg = ds.masks(indices, kind="box", grid=16)   # (n, 16, 16) bool, on the estimator's grid
+
+Part I's ``paper`` profile: ``cub200``, CUB-200-2011 put in place by hand (never downloaded; see
+:mod:`kdnb.data.cub`), bounding-box crops with box and silhouette masks::
+
+    birds = kdnb.data.CUB200(split="test", crop="bbox", size=224)
+    fg = birds.masks(indices, kind="silhouette", grid=16)
 """
 from __future__ import annotations
 
-from . import cluttered
+from . import cluttered, cub
 from .batches import EpochPlan, TensorBatches, epoch_generator
 from .cluttered import ClutteredFashionMNIST, ClutterSpec, downsample_mask
+from .cub import CUB200
 from .errors import DatasetDamaged, DatasetNotFound
 from .loaders import dataset
-from .registry import ALL_NAMES, GENERATED, NAMES, SPLITS, DatasetInfo, default_augment, info
+from .registry import ALL_NAMES, EXTERNAL, GENERATED, NAMES, SPLITS, DatasetInfo, default_augment, info
 from .subsets import stratified_subset
 from .tensors import as_tensors
 
 __all__ = [
-    "ALL_NAMES", "GENERATED", "NAMES", "SPLITS", "ClutterSpec", "ClutteredFashionMNIST", "DatasetDamaged",
-    "DatasetInfo", "DatasetNotFound", "EpochPlan", "TensorBatches",
-    "as_tensors", "cluttered", "dataset", "default_augment", "downsample_mask", "epoch_generator", "info",
+    "ALL_NAMES", "CUB200", "EXTERNAL", "GENERATED", "NAMES", "SPLITS", "ClutterSpec", "ClutteredFashionMNIST",
+    "DatasetDamaged", "DatasetInfo", "DatasetNotFound", "EpochPlan", "TensorBatches",
+    "as_tensors", "cluttered", "cub", "dataset", "default_augment", "downsample_mask", "epoch_generator", "info",
     "stratified_subset",
 ]
