@@ -11,23 +11,36 @@ from typing import Any
 
 from torch import nn
 
+from .attention import AttentionTransfer, attention_loss, attention_map
 from .base import Context, Method, Stage, Update
+from .born_again import BornAgain
 from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
                              cwtm_weights, dkpp_permute, permute_except, teacher_confidence, weighted_cross_entropy)
+from .fsp import FSP, fsp_loss, fsp_matrix
+from .hints import FitNets, hinton_terms
 from .introspective import LE, LEPermut, le_targets
 from .kd import CE, KD, kd_divergence, soft_targets
+from .mimic import Mimic
 from .mutual import DML
+from .regularizers import ConfidencePenalty, LabelSmoothing, entropy, smoothed_targets
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
 # Part III (Gu et al. 2020, §3): the dissection of dark knowledge.
 METHODS.update({"cwtm": CWTM, "cwtm_permut": CWTMPermut, "cwtm_random": CWTMRandom, "dkpp": DKPP})
 # Part III (§4-5): introspective learning from the network's own explanations, and its LE-Permut ablation.
 METHODS.update({"le": LE, "le_permut": LEPermut})
+# Part III (§5.1-5.3) baselines, reused by Part II: regularisers, born-again networks, FitNets, AT, FSP.
+METHODS.update({"ls": LabelSmoothing, "cp": ConfidencePenalty, "ban": BornAgain, "hint": FitNets,
+                "at": AttentionTransfer, "fsp": FSP})
+# Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
+METHODS["mimic"] = Mimic
 
 __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "available", "bind", "create", "method_class", "kd_divergence",
            "soft_targets", "CWTM", "CWTMPermut", "CWTMRandom", "DKPP", "teacher_confidence", "cwtm_weights",
            "cwtm_permut_weights", "cwtm_random_confidence", "weighted_cross_entropy", "dkpp_permute",
-           "permute_except", "LE", "LEPermut", "le_targets"]
+           "permute_except", "LE", "LEPermut", "le_targets", "LabelSmoothing", "ConfidencePenalty",
+           "smoothed_targets", "entropy", "BornAgain", "FitNets", "hinton_terms", "AttentionTransfer",
+           "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss"]
 
 
 def available() -> list[str]:
