@@ -312,8 +312,6 @@ def test_load_gives_the_papers_setting(root):
     assert (ds.crop, ds.size, len(ds)) == ("bbox", 224, 2) and ds[0][0].shape == (3, 224, 224)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="kdnb/data/loaders.py does not dispatch 'cub200' to kdnb.data.cub.load yet")
 def test_dataset_entry_point(root):
     ds = data.dataset("cub200", "test", root=root)
     assert isinstance(ds, CUB200) and len(ds) == 2

@@ -6,7 +6,7 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from . import cluttered, downloadable, fashion_mnist
+from . import cluttered, cub, downloadable, fashion_mnist
 from .registry import check_name, check_split
 
 
@@ -36,4 +36,6 @@ def dataset(name: str, split: str = "train", root: str | Path | None = None, dow
         return fashion_mnist.load(split, folder=root, transform=transform)
     if name == cluttered.NAME:
         return cluttered.load(split, folder=root, transform=transform)
+    if name == cub.NAME:
+        return cub.load(split, folder=root, transform=transform)
     return downloadable.load(name, split, root=root, download=download, transform=transform)
