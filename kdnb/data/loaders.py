@@ -24,6 +24,9 @@ def dataset(name: str, split: str = "train", root: str | Path | None = None, dow
 
     * ``cluttered_fashion_mnist`` is generated from the embedded Fashion-MNIST (``root`` as for it) once per
       process: :class:`kdnb.data.cluttered.ClutteredFashionMNIST`, whose ``masks()`` give the foreground.
+    * ``cub200`` (CUB-200-2011, Part I's ``paper`` profile) is never downloaded (``download`` is ignored): put
+      ``CUB_200_2011/`` (and ``segmentations/``) in ``root`` (default ``data/downloads``); bounding-box crops at
+      224², :class:`kdnb.data.CUB200`, whose ``masks()`` give the box or the silhouette.
 
     ``$KDNB_DATA`` replaces the repository's ``data/`` folder. ``split`` is ``"train"`` or ``"test"``;
     unknown names or splits raise ``ValueError`` listing the choices. ``transform`` is passed to torchvision
