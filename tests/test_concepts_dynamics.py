@@ -171,3 +171,14 @@ def test_curves_frame_rows_and_bad_inputs():
         dynamics.trajectory(entropy, FG, [0, 1, 1], [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="images, checkpoints"):
         dynamics.union_sets(torch.zeros(2, 2, 2, dtype=torch.bool))
+
+
+def test_stability_frame_matches_the_sets():
+    # image 0 as in test_union_sets_by_hand (fg ρ = 1/2); image 1 never has a concept (ρ undefined)
+    entropy = torch.cat([_maps([-4, -4, -3, -2], [-3, -3, -4, -3], [-3, -2, -4, -4]),
+                         torch.full((1, 3, 2, 2), -3.0, dtype=torch.float64)])
+    t = dynamics.trajectory(entropy, FG, [0, 1, 2], [0.0, 1.0, 2.0])
+    frame = dynamics.stability_frame({("a", "fc1", "student"): t})
+    assert frame[["final", "union", "discarded"]].values.tolist() == [[1, 2, 1], [0, 0, 0]]
+    assert frame.rho.iloc[0] == pytest.approx(0.5) and math.isnan(frame.rho.iloc[1])
+    assert t.rho().item() == pytest.approx(0.5)  # the mean leaves the undefined image out

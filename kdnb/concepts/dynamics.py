@@ -34,8 +34,8 @@ from .metrics import (LearningSpeed, background_baseline, concept_map, count_con
                       learning_speed, stability)
 
 __all__ = ["Metric", "METRICS", "HYPOTHESES", "NETWORKS", "Trajectory", "trajectory", "UnionSets", "union_sets",
-           "curves_frame", "peaks_frame", "metrics_frame", "table3", "wins", "win_counts", "sign_test",
-           "PAPER_TABLE3_CUB", "paper_metrics_frame"]
+           "curves_frame", "peaks_frame", "stability_frame", "metrics_frame", "table3", "wins", "win_counts",
+           "sign_test", "measure", "measure_all", "PAPER_TABLE3_CUB", "PAPER_ANALOG", "paper_metrics_frame"]
 
 NETWORKS = ("student", "baseline")  # Table 3's S and B rows
 _SHORT = {"student": "S", "baseline": "B"}
@@ -211,6 +211,18 @@ def peaks_frame(trajectories: Mapping[Key, Trajectory]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stability_frame(trajectories: Mapping[Key, Trajectory]) -> pd.DataFrame:
+    """One row per (architecture, layer, network, image): the sizes of Fig. 4's foreground sets — |S_M|, |∪ S_j|,
+    the discarded ones — and the image's ρ (NaN when it never had a foreground concept)."""
+    frames = []
+    for key, t in trajectories.items():
+        architecture, layer, network = _check_key(key)
+        sizes = union_sets(t.concepts, t.fg).sizes()
+        frames.append(sizes.assign(architecture=architecture, layer=layer, network=network))
+    columns = ["architecture", "layer", "network", "image", "final", "union", "discarded", "rho"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
 def metrics_frame(trajectories: Mapping[Key, Trajectory]) -> pd.DataFrame:
     """One row per (architecture, layer, network) with Table 3's metrics (:meth:`Trajectory.summary`)."""
     rows = []
@@ -301,6 +313,40 @@ def win_counts(decided: pd.DataFrame, by: str = "hypothesis", alpha: float = 0.0
     return pd.DataFrame(rows).set_index(by)
 
 
+# --------------------------------------------------------------------------------- from the protocol
+def measure(profile, arch: str, layer: str, network: str, probe=None, seed: int = 0) -> Trajectory:
+    """The :class:`Trajectory` of Part I's ``network`` (``"student"``: distilled at ``layer``; ``"baseline"``)
+    of ``arch`` at FC ``layer`` over the protocol's checkpoints (:mod:`kdnb.concepts.protocol`): the run is
+    trained or loaded, the probe images' entropy maps are computed or read from the analysis cache at every
+    checkpoint, b is the architecture's (0.25 for AlexNet), the weight distance that of the layer's weights."""
+    from .. import runs
+    from . import protocol
+
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
+    s = protocol.scale(profile)
+    probe = probe if probe is not None else protocol.probe_images(profile)
+    spec = (protocol.student(profile, arch, layer, seed=seed) if network == "student"
+            else protocol.baseline(profile, arch, seed=seed))
+    run = runs.train_or_load(spec)
+    epochs = tuple(s.checkpoints)
+    maps = torch.stack([protocol.entropy(run, layer, probe, profile, epoch=e).entropy for e in epochs], dim=1)
+    return trajectory(maps, probe.fg, epochs, protocol.weight_distances(run, layer, epochs), b=protocol.B[arch])
+
+
+def measure_all(profile, probe=None, architectures: Sequence[str] | None = None,
+                layers: Sequence[str] | None = None, seed: int = 0) -> dict[Key, Trajectory]:
+    """:func:`measure` for every architecture of the profile's scale (or ``architectures``), every FC layer (or
+    ``layers``), student and baseline: ``{(arch, layer, network): Trajectory}``."""
+    from . import protocol
+
+    s = protocol.scale(profile)
+    probe = probe if probe is not None else protocol.probe_images(profile)
+    return {(arch, layer, network): measure(profile, arch, layer, network, probe, seed)
+            for arch in (architectures or s.architectures) for layer in (layers or protocol.LAYERS)
+            for network in NETWORKS}
+
+
 # ------------------------------------------------------------------------------------ the paper's table
 # Table 3 of Cheng et al. (CVPR 2020), the CUB-200-2011 columns (FC1-FC3 for every network), as printed:
 # N_fg, N_bg, lambda, D_mean, D_std (a variance in the released code), rho; S then B per layer. The networks
@@ -329,6 +375,8 @@ _PAPER_CUB = {
                    (43.79, 10.04, 0.81, 7.13, 42.77, 0.52), (45.08, 10.85, 0.81, 44.59, 1200.97, 0.52),
                    (44.21, 11.89, 0.79, 47.28, 1463.55, 0.50), (44.89, 10.77, 0.81, 167.41, 16331.28, 0.52)],
 }
+# The paper's network that each of ours stands for (the paper has no ResNet-20: its smallest ResNet is the 50).
+PAPER_ANALOG = {"alexnet_small": "AlexNet", "vgg11-fc": "VGG-11", "resnet20-fc": "ResNet-50"}
 PAPER_TABLE3_CUB = _PAPER_CUB  # {network: [(N_fg, N_bg, λ, D_mean, D_std, ρ) for FC1 S, FC1 B, …, FC3 B]}
 
 
