@@ -1,0 +1,475 @@
+"""LE against regularizers, peers and teachers: Gu et al. (2020), §5.1–5.3, Tables 2–5.
+
+This module decides, once, everything the four comparisons are made of:
+
+- the run behind every cell (all built with :func:`kdnb.recipes.part3`, so the CE and LE students are the very
+  runs the other Part III chapters train);
+- the paper's hyper-parameter sweeps (:data:`SWEEPS`), the smaller grids the ``smoke`` and ``book`` profiles run
+  (:meth:`Sweep.grid`), and the paper's "report the best" selection (:func:`select_best`), done on the first seed
+  only and the chosen value then trained on every seed (:func:`run_sweep`);
+- the born-again teacher of each seed (:func:`born_again_teacher_seed`), the ResNet-26 teacher and the TAKD chains
+  (:func:`teacher`, :func:`takd_chain`);
+- the verdict rules of claims over several competitors (:func:`verdict_for_all`) and of "competitive with"
+  (:func:`verdict_for_competitive`).
+
+Nothing here trains at import; :func:`build` trains (or loads) one table for one model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from .. import recipes, runs
+from ..analysis import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, PairedComparison, paired_by_seed,
+                        verdict_for_improvement)
+from ..analysis.claims import MIN_PAIRS
+from ..profiles import Profile
+from ..runs import Run, RunSpec
+
+ACCURACY = "test accuracy (%)"
+ERROR = "test error (%)"
+
+# §5.3: "the temperature is set to 4, and lambda = 0.1 for the ... cross-entropy term" in every distillation
+# method (KD's alpha weighs the KD term, so alpha = 1 - lambda).
+KD_ARGS = {"temperature": 4.0, "alpha": 0.9}
+TEACHER_MODEL = "resnet26"  # §5.3; it reaches 91.51% on CIFAR-10 in the paper
+TAKD_ASSISTANT = {"resnet14": "resnet20", "resnet8": "resnet14"}  # §5.3: 26 -> 20 -> 14 and 26 -> 14 -> 8
+HINT_LAYER = "stage2"  # §5.3: "the representation of the 2nd layer of ResNet26 as the Hint" (guided: the same)
+BAN_CE_WEIGHT = 0.1  # §5.2: BAN+L, "the regularization strength is lambda = 0.1"
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+@dataclass(frozen=True)
+class Sweep:
+    """A competitor's hyper-parameter that the paper sweeps, reporting the best value (§5.1, §5.2).
+
+    ``paper`` is the paper's grid and ``paper_best`` the value it reports as best; ``book`` the smaller grid the
+    ``book`` profile runs on ResNets (it holds ``paper_best``). ``in_model``: the parameter is a model option
+    (dropout), else a method argument. ``fixed``: other method arguments. ``born_again``: the run's teacher is a
+    CE run of the same model (:func:`born_again_teacher_seed`). ``follows``: the label of another sweep whose
+    selected value this one takes instead of sweeping (BAN+L takes BAN's temperature).
+    """
+
+    label: str
+    method: str
+    parameter: str
+    paper: tuple[float, ...]
+    paper_best: float
+    book: tuple[float, ...]
+    in_model: bool = False
+    fixed: tuple[tuple[str, Any], ...] = ()
+    born_again: bool = False
+    follows: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("paper", "book"):
+            grid = getattr(self, name)
+            if not grid or self.paper_best not in grid:
+                raise ValueError(f"sweep {self.label}: the {name} grid {grid} must hold the paper's best "
+                                 f"{self.paper_best}")
+            if len(set(grid)) != len(grid):
+                raise ValueError(f"sweep {self.label}: the {name} grid {grid} repeats a value")
+
+    def grid(self, profile: Profile, model: str) -> tuple[float, ...]:
+        """The values ``profile`` runs: the paper's grid at ``paper``; at ``book`` the reduced grid on ResNets and
+        the paper's grid on the MLP (a run of it takes seconds); at ``smoke`` the paper's best value alone."""
+        if self.follows is not None:
+            raise ValueError(f"sweep {self.label} is not swept: it takes the value chosen for {self.follows}")
+        if profile.name == "paper" or (profile.name == "book" and model.startswith("mlp")):
+            return self.paper
+        if profile.name == "book":
+            return self.book
+        return (self.paper_best,)
+
+    def spec(self, profile: Profile, model: str, value: float, seed: int) -> RunSpec:
+        """The run of ``model`` with this sweep's parameter at ``value``, seed ``seed``."""
+        method_args = dict(self.fixed)
+        model_args = {}
+        if self.in_model:
+            model_args[self.parameter] = value
+        else:
+            method_args[self.parameter] = value
+        teacher_spec = ce(profile, model, born_again_teacher_seed(profile, seed)) if self.born_again else None
+        return recipes.part3(profile, model, self.method, seed, method_args=method_args, teacher=teacher_spec,
+                             model_args=model_args)
+
+
+SWEEPS: dict[str, Sweep] = {s.label: s for s in (
+    # §5.1: "we drop neurons of the last layer of each block-layer with the drop rate in the range
+    # [0.1, 0.25, 0.5, 0.75], where 0.1 corresponds to the best performance" (CE with dropout in the model).
+    Sweep("Dropout", "ce", "dropout", (0.1, 0.25, 0.5, 0.75), 0.1, (0.1, 0.5), in_model=True),
+    # "For LS, we vary the smoothing factor over [0.6, 0.7, 0.8, 0.9], where a factor of 0.9 turns out to be the best."
+    Sweep("LS", "ls", "alpha", (0.6, 0.7, 0.8, 0.9), 0.9, (0.7, 0.9)),
+    # "For CP, we vary the penalty strength over [0.1, ..., 8.0], where the value of 0.5 gives the best result."
+    Sweep("CP", "cp", "beta", (0.1, 0.3, 0.5, 1.0, 2.0, 4.0, 8.0), 0.5, (0.5, 2.0)),
+    # §5.2: born-again network from a CE network of the same model, "temperature in the range of [1, 2, 5, 10,
+    # 20]" (the paper names no best; 1 is BAN's own setting).
+    Sweep("BAN", "ban", "temperature", (1.0, 2.0, 5.0, 10.0, 20.0), 1.0, (1.0, 5.0),
+          fixed=(("ce_weight", 0.0),), born_again=True),
+    # BAN+L: the same with a cross-entropy term of weight 0.1, at the temperature chosen for BAN.
+    Sweep("BAN+L", "ban", "temperature", (1.0, 2.0, 5.0, 10.0, 20.0), 1.0, (1.0, 5.0),
+          fixed=(("ce_weight", BAN_CE_WEIGHT),), born_again=True, follows="BAN"),
+)}
+
+
+def select_best(scores: Mapping[float, float]) -> float:
+    """The value with the highest score, as the paper reports "the best" of a sweep. A tie goes to the value
+    listed first (the grid's order), so the choice is deterministic; a NaN score is an error."""
+    if not scores:
+        raise ValueError("no scores to select from")
+    bad = [v for v, s in scores.items() if s is None or math.isnan(s)]
+    if bad:
+        raise ValueError(f"no score for value(s) {bad}")
+    best_value, best_score = None, -math.inf
+    for value, score in scores.items():
+        if score > best_score:  # strictly greater: an equal score later in the grid does not replace
+            best_value, best_score = value, score
+    return best_value
+
+
+def selection_seed(profile: Profile) -> int:
+    """The seed the sweeps are run and selected on: the profile's first."""
+    return profile.seeds[0]
+
+
+@dataclass
+class SweepResult:
+    """A sweep at one profile for one model: the selection seed's accuracy per value, the chosen value, and the
+    runs of that value on every seed (``{seed: Run}``)."""
+
+    sweep: Sweep
+    model: str
+    seed: int
+    scores: dict[float, float]
+    best: float
+    runs: dict[int, Run] = field(repr=False)
+
+    def optimism(self) -> float:
+        """The chosen value's accuracy on the selection seed minus its mean on the other seeds (NaN with one
+        seed): how much the seed it was picked on flatters the winner of a sweep."""
+        others = [accuracy(run) for seed, run in self.runs.items() if seed != self.seed]
+        return self.scores[self.best] - sum(others) / len(others) if others else math.nan
+
+    def frame(self) -> pd.DataFrame:
+        """One row per grid value: the selection seed's accuracy and whether it was chosen."""
+        return pd.DataFrame([{"method": self.sweep.label, "parameter": self.sweep.parameter, "value": value,
+                              f"{ACCURACY}, seed {self.seed}": score, "chosen": value == self.best}
+                             for value, score in self.scores.items()])
+
+
+def accuracy(run: Run) -> float:
+    """A run's final test accuracy in percent."""
+    return 100.0 * float(run.final["test_acc"])
+
+
+def run_sweep(profile: Profile, sweep: Sweep, model: str, value: float | None = None,
+              train: Callable[[RunSpec], Run] | None = None) -> SweepResult:
+    """Train ``sweep``'s grid on the selection seed, select the best (:func:`select_best`), then train that value
+    on every seed of ``profile``. ``value`` skips the sweep and trains that value (a sweep that ``follows``
+    another must be given one). ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`)."""
+    train = train or runs.train_or_load
+    seed = selection_seed(profile)
+    if value is None:
+        scores = {v: accuracy(train(sweep.spec(profile, model, v, seed))) for v in sweep.grid(profile, model)}
+        value = select_best(scores)
+    else:
+        scores = {value: accuracy(train(sweep.spec(profile, model, value, seed)))}
+    chosen = {s: train(sweep.spec(profile, model, value, s)) for s in profile.seeds}
+    return SweepResult(sweep, model, seed, scores, value, chosen)
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+def ce(profile: Profile, model: str, seed: int) -> RunSpec:
+    """The cross-entropy student shared by Part III."""
+    return recipes.part3(profile, model, "ce", seed)
+
+
+def le_explanation(model: str) -> str:
+    """Grad-CAM for the ResNets (§5: "the last convolutional layer"); Grad for the MLP (§5.1: "Grad-CAM is only
+    specific for CNNs")."""
+    return "grad" if model.startswith("mlp") else "gradcam"
+
+
+def le_label(model: str) -> str:
+    return "LE(Grad)" if le_explanation(model) == "grad" else "LE(Grad-CAM)"
+
+
+def le(profile: Profile, model: str, seed: int) -> RunSpec:
+    """The LE student shared by Part III: Grad-CAM at the method's defaults; ``{"explanation": "grad"}`` for the
+    MLP."""
+    args = {"explanation": "grad"} if le_explanation(model) == "grad" else None
+    return recipes.part3(profile, model, "le", seed, method_args=args)
+
+
+def dml(profile: Profile, model: str, seed: int) -> RunSpec:
+    """Deep mutual learning with a peer of the same model (§5.2)."""
+    return recipes.part3(profile, model, "dml", seed)
+
+
+def born_again_teacher_seed(profile: Profile, seed: int) -> int:
+    """The seed of the CE network a born-again student of ``seed`` learns from: the next seed of the profile,
+    cyclically. A run's seed fixes its initialisation and its batches, so a teacher of the same seed would
+    hand the student its own starting point; the paper trains the second network "from scratch"."""
+    seeds = list(profile.seeds)
+    if seed not in seeds:
+        raise ValueError(f"seed {seed} is not one of the profile's seeds {seeds}")
+    if len(seeds) < 2:
+        raise ValueError("a born-again student needs a teacher of another seed: the profile has one seed")
+    return seeds[(seeds.index(seed) + 1) % len(seeds)]
+
+
+def teacher(profile: Profile) -> RunSpec:
+    """The ResNet-26 teacher of Table 5, trained once (the profile's first seed), like the paper's one teacher."""
+    return recipes.part3(profile, TEACHER_MODEL, "ce", profile.seeds[0])
+
+
+def distilled(profile: Profile, model: str, method: str, seed: int, extra: Mapping | None = None) -> RunSpec:
+    """``model`` distilled from the ResNet-26 teacher with ``method`` at T = 4, lambda = 0.1 (§5.3)."""
+    return recipes.part3(profile, model, method, seed, method_args={**KD_ARGS, **(extra or {})},
+                         teacher=teacher(profile))
+
+
+def takd_chain(profile: Profile, model: str, seed: int) -> list[RunSpec]:
+    """TAKD (§5.3): ResNet-26 → assistant → ``model``, Hinton's KD at both links. The assistant, like the
+    teacher, is trained once (the profile's first seed); the student varies with ``seed``."""
+    if model not in TAKD_ASSISTANT:
+        raise ValueError(f"no TAKD assistant for {model!r}; the paper has: {', '.join(TAKD_ASSISTANT)}")
+    first = profile.seeds[0]
+    return runs.chain(teacher(profile),
+                      recipes.part3(profile, TAKD_ASSISTANT[model], "kd", first, method_args=KD_ARGS),
+                      recipes.part3(profile, model, "kd", seed, method_args=KD_ARGS))
+
+
+def teacher_runs(profile: Profile, model: str, seed: int) -> dict[str, RunSpec]:
+    """Table 5's students of ``seed``: KD, Hint, AT+KD, FSP+KD and TAKD from the ResNet-26."""
+    return {"KD": distilled(profile, model, "kd", seed),
+            "Hint": distilled(profile, model, "hint", seed, {"hint_layer": HINT_LAYER}),
+            "AT_Hinton": distilled(profile, model, "at", seed),
+            "FSP_Hinton": distilled(profile, model, "fsp", seed),
+            "TAKD": takd_chain(profile, model, seed)[-1]}
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+@dataclass(frozen=True)
+class Table:
+    """One of the paper's tables: which runs make it, in which order, and the paper's figures.
+
+    ``fixed(profile, model, seed)`` gives the runs of one seed that are not swept (``{label: RunSpec}``);
+    ``sweeps`` names entries of :data:`SWEEPS`; ``paper`` maps a model to ``{label: the paper's figure}``;
+    ``value`` is the column the paper reports (accuracy, or error for Table 3)."""
+
+    number: int
+    title: str
+    fixed: Callable[[Profile, str, int], dict[str, RunSpec]]
+    sweeps: tuple[str, ...]
+    order: Callable[[str], tuple[str, ...]]
+    paper: Mapping[str, Mapping[str, str]]
+    value: str = ACCURACY
+    paper_models: tuple[str, ...] = ("resnet14", "resnet8")
+    book_models: tuple[str, ...] = ("resnet8",)
+
+    def models(self, profile: Profile) -> tuple[str, ...]:
+        """The models this table is run for at ``profile``: the paper's at ``paper``, fewer below (the budget)."""
+        return self.paper_models if profile.name == "paper" else self.book_models
+
+    def competitors(self, model: str) -> tuple[str, ...]:
+        """Every label except LE's, in the table's order."""
+        return tuple(label for label in self.order(model) if label != le_label(model))
+
+    def planned_runs(self, profile: Profile, model: str) -> int:
+        """How many distinct runs the table asks for at ``profile`` (its shared CE/LE runs, teachers and
+        assistants included, each once): per sweep its grid on the selection seed and the chosen value on the
+        other seeds; a sweep that follows another, its one value on every seed."""
+        keys: set[str] = set()
+
+        def add(spec: RunSpec | None) -> None:
+            while spec is not None:  # the run and every teacher it stands on
+                keys.add(spec.key())
+                spec = spec.teacher
+
+        for seed in profile.seeds:
+            for spec in self.fixed(profile, model, seed).values():
+                add(spec)
+        for name in self.sweeps:
+            sweep = SWEEPS[name]
+            values = (sweep.paper_best,) if sweep.follows else sweep.grid(profile, model)
+            for value in values:
+                add(sweep.spec(profile, model, value, selection_seed(profile)))
+            for seed in profile.seeds[1:]:  # the chosen value (whichever it is) on the other seeds
+                add(sweep.spec(profile, model, values[0], seed))
+        return len(keys)
+
+
+def _order(*labels: str) -> Callable[[str], tuple[str, ...]]:
+    return lambda model: tuple(le_label(model) if label == "LE" else label for label in labels)
+
+
+TABLE2 = Table(
+    2, "regularizers", lambda p, m, s: {"CE": ce(p, m, s), le_label(m): le(p, m, s)},
+    ("Dropout", "LS", "CP"), _order("CE", "Dropout", "LS", "CP", "LE"),
+    {"resnet14": dict({"CE": "90.26 ± 0.33", "Dropout": "90.33 ± 0.15", "LS": "90.52 ± 0.12",
+                         "CP": "90.42 ± 0.14", "LE(Grad-CAM)": "91.21 ± 0.07"}),
+     "resnet8": dict({"CE": "87.95 ± 0.32", "Dropout": "88.02 ± 0.02", "LS": "88.14 ± 0.16",
+                        "CP": "88.25 ± 0.13", "LE(Grad-CAM)": "88.70 ± 0.18"})})
+
+TABLE3 = Table(
+    3, "regularizers on an MLP", TABLE2.fixed, ("Dropout", "LS", "CP"), _order("CE", "Dropout", "LS", "CP", "LE"),
+    {"mlp": dict({"CE": "1.39 ± 0.05", "Dropout": "1.27 ± 0.02", "LS": "1.25 ± 0.02", "CP": "1.18 ± 0.06",
+                    "LE(Grad)": "1.10 ± 0.03"})},
+    value=ERROR, paper_models=("mlp",), book_models=("mlp",))
+
+TABLE4 = Table(
+    4, "peers", lambda p, m, s: {"CE": ce(p, m, s), "DML": dml(p, m, s), le_label(m): le(p, m, s)},
+    ("BAN", "BAN+L"), _order("CE", "DML", "BAN", "BAN+L", "LE"),
+    {"resnet14": dict({"CE": "90.26 ± 0.33", "DML": "90.39 ± 0.15", "BAN": "90.58 ± 0.15",
+                         "BAN+L": "90.83 ± 0.28", "LE(Grad-CAM)": "91.21 ± 0.07"}),
+     "resnet8": dict({"CE": "87.95 ± 0.32", "DML": "88.23 ± 0.27", "BAN": "87.22 ± 0.03",
+                        "BAN+L": "88.03 ± 0.33", "LE(Grad-CAM)": "88.70 ± 0.18"})})
+
+TABLE5 = Table(
+    5, "teachers", lambda p, m, s: {**teacher_runs(p, m, s), le_label(m): le(p, m, s)},
+    (), _order("KD", "Hint", "AT_Hinton", "FSP_Hinton", "TAKD", "LE"),
+    {"resnet14": dict({"KD": "91.14 ± 0.19", "Hint": "91.29 ± 0.19", "AT_Hinton": "91.31 ± 0.19",
+                         "FSP_Hinton": "91.42 ± 0.19", "TAKD": "91.27 ± 0.19", "LE(Grad-CAM)": "91.21 ± 0.07"}),
+     "resnet8": dict({"KD": "88.07 ± 0.36", "Hint": "88.52 ± 0.19", "AT_Hinton": "88.15 ± 0.19",
+                        "FSP_Hinton": "88.11 ± 0.19", "TAKD": "88.09 ± 0.19", "LE(Grad-CAM)": "88.70 ± 0.18"})})
+
+TABLES: dict[int, Table] = {t.number: t for t in (TABLE2, TABLE3, TABLE4, TABLE5)}
+PAPER_TEACHER_ACCURACY = 91.51  # Table 5's caption: the ResNet-26 teacher on CIFAR-10
+
+
+def table(number: int) -> Table:
+    """Table ``number`` (2–5); another number is an error listing the choices."""
+    if number not in TABLES:
+        raise ValueError(f"no table {number!r}; choose one of: {', '.join(map(str, TABLES))}")
+    return TABLES[number]
+
+
+@dataclass
+class Comparison:
+    """A table built for one model: one row per (method, seed) in ``frame``, and the sweeps behind it."""
+
+    table: Table
+    model: str
+    frame: pd.DataFrame
+    sweeps: dict[str, SweepResult]
+
+    def sweep_frame(self) -> pd.DataFrame:
+        """Every sweep's grid on the selection seed, the chosen value marked."""
+        if not self.sweeps:
+            return pd.DataFrame()
+        return pd.concat([s.frame() for s in self.sweeps.values()], ignore_index=True)
+
+    def chosen(self) -> dict[str, float]:
+        return {label: s.best for label, s in self.sweeps.items()}
+
+
+def _row(label: str, model: str, seed: int, run: Run, setting: str = "") -> dict:
+    acc = accuracy(run)
+    return {"model": model, "method": label, "seed": seed, ACCURACY: acc, ERROR: 100.0 - acc, "setting": setting}
+
+
+def build(profile: Profile, number: int, model: str, train: Callable[[RunSpec], Run] | None = None) -> Comparison:
+    """Train (or load from the cache) table ``number`` for ``model`` at ``profile``: the sweeps first (each
+    selected on the first seed, its choice trained on every seed), then the runs that are not swept.
+    ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`)."""
+    train = train or runs.train_or_load
+    spec_table = table(number)
+    rows: list[dict] = []
+    results: dict[str, SweepResult] = {}
+    for name in spec_table.sweeps:
+        sweep = SWEEPS[name]
+        given = results[sweep.follows].best if sweep.follows else None
+        result = run_sweep(profile, sweep, model, value=given, train=train)
+        results[name] = result
+        rows += [_row(name, model, s, r, f"{sweep.parameter}={result.best:g}") for s, r in result.runs.items()]
+    for seed in profile.seeds:
+        for label, spec in spec_table.fixed(profile, model, seed).items():
+            rows.append(_row(label, model, seed, train(spec)))
+    frame = pd.DataFrame(rows)
+    order = {label: i for i, label in enumerate(spec_table.order(model))}
+    frame = frame.sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c)
+    return Comparison(spec_table, model, frame.reset_index(drop=True), results)
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+def _every(verdicts: Sequence[str]) -> str:
+    """A claim over several pairs: reproduced if every pair is, not reproduced if any is not, else inconclusive."""
+    if all(v == REPRODUCED for v in verdicts):
+        return REPRODUCED
+    if any(v == NOT_REPRODUCED for v in verdicts):
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def verdict_for_all(comparisons: Mapping[str, PairedComparison]) -> str:
+    """Verdict on "A improves on each of B1, B2, …" from the paired differences A − Bi: reproduced when every
+    one is (:func:`kdnb.analysis.verdict_for_improvement`), not reproduced when any one is not (A is measurably
+    worse than some Bi), inconclusive otherwise."""
+    if not comparisons:
+        raise ValueError("no comparisons to judge")
+    return _every([verdict_for_improvement(c) for c in comparisons.values()])
+
+
+def verdict_for_competitive(comparison: PairedComparison, margin: float) -> str:
+    """Verdict on "A is competitive with B" as non-inferiority within ``margin`` (accuracy points), from the
+    paired differences A − B: reproduced when the whole confidence interval lies above ``-margin`` (A is at
+    most ``margin`` worse), not reproduced when it lies wholly below ``-margin``, inconclusive otherwise, and
+    with fewer than three pairs or no spread (as :func:`kdnb.analysis.verdict_for_improvement`)."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    d = comparison.difference
+    if d.n < MIN_PAIRS or not d.std > 0:
+        return INCONCLUSIVE
+    if d.ci_low > -margin:
+        return REPRODUCED
+    if d.ci_high < -margin:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def verdict_for_competitive_with_all(comparisons: Mapping[str, PairedComparison], margin: float) -> str:
+    """:func:`verdict_for_competitive` against each competitor, combined as in :func:`verdict_for_all`."""
+    if not comparisons:
+        raise ValueError("no comparisons to judge")
+    return _every([verdict_for_competitive(c, margin) for c in comparisons.values()])
+
+
+def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
+                value: str = ACCURACY) -> dict[str, PairedComparison]:
+    """``{b: a − b}`` of ``value``, paired by seed, for each ``b`` of ``others``
+    (:func:`kdnb.analysis.paired_by_seed`)."""
+    return {b: paired_by_seed(frame, a, b, value=value) for b in others}
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def difference_table(comparisons: Mapping[str, PairedComparison], a: str,
+                     verdict: Callable[[PairedComparison], str] = verdict_for_improvement) -> pd.DataFrame:
+    """One row per competitor ``b``: ``a − b`` (mean ± std, 95% CI, p, n) and the verdict of ``verdict`` on it."""
+    return pd.DataFrame({"paired difference (accuracy points)": [c.format() for c in comparisons.values()],
+                         "verdict": [verdict(c) for c in comparisons.values()]},
+                        index=pd.Index([f"{a} − {b}" for b in comparisons], name="pair"))
+
+
+def brief(comparisons: Mapping[str, PairedComparison], a: str | None = None) -> str:
+    """``"LE − CE +0.52 [-0.31, +1.35]; …"``: each paired mean with its 95% CI, and n once. Keys are the
+    competitors of ``a``, or, without ``a``, the pairs' own names (``"Dropout − CE"``)."""
+    parts = [f"{b if a is None else f'{a} − {b}'} {c.difference.mean:+.2f} "
+             f"[{c.difference.ci_low:+.2f}, {c.difference.ci_high:+.2f}]" for b, c in comparisons.items()]
+    n = sorted({c.difference.n for c in comparisons.values()})
+    return "; ".join(parts) + f" (points, 95% CI, n={'/'.join(map(str, n))})"
+
+
+def paper_row(number: int, model: str) -> str:
+    """The paper's figures of table ``number`` for ``model``, in the table's order: ``"CE 87.95 ± 0.32, …"``."""
+    t = table(number)
+    return ", ".join(f"{label} {t.paper[model][label]}" for label in t.order(model))
+
+
+def ranking(frame: pd.DataFrame, value: str = ACCURACY) -> pd.Series:
+    """Mean ``value`` per method, best first (highest accuracy; lowest error)."""
+    means = frame.groupby("method", sort=False)[value].mean()
+    return means.sort_values(ascending=(value == ERROR), kind="stable")
