@@ -186,6 +186,7 @@ def win_grid(decided: pd.DataFrame, title: str = "") -> Figure:
     fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.2, 0.38 * len(rows) + 1.3))
     cmap = ListedColormap([PALETTE["student"], PALETTE["baseline"], "#d9d9d9", "#f7f7f7"])
     ax.imshow(grid, cmap=cmap, vmin=0, vmax=3, aspect="auto")
+    ax.grid(False)
     for i in range(len(rows)):
         for j in range(len(labels)):
             ax.text(j, i, text[i, j], ha="center", va="center", fontsize="small",
