@@ -242,12 +242,14 @@ def dkpp_frame(teacher_logits: Tensor, index: int, class_names: Sequence[str], t
 def transforms_figure(weights: pd.DataFrame, targets: pd.DataFrame, label: str = "") -> Figure:
     """Left: relative sample weight against the teacher's confidence for each CWTM-family transform (CE at 1).
     Right: one sample's KD target and its DKPP permutation (``label`` names the sample's class)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
     sns.scatterplot(weights, x="teacher confidence", y="relative weight", hue="transform", style="transform",
                     ax=left, s=28, alpha=0.8)
+    sns.move_legend(left, "upper left", bbox_to_anchor=(1, 1), fontsize=8, title_fontsize=9)
     left.set_ylabel("sample weight × batch size")
     left.set_title("sample weights in one batch")
     sns.barplot(targets, x="class", y="probability", hue="target", ax=right)
+    sns.move_legend(right, "upper left", bbox_to_anchor=(1, 1), fontsize=8, title_fontsize=9)
     right.tick_params(axis="x", labelrotation=40)
     right.set_xlabel("")
     right.set_title(f"one {label} sample: KD target vs. DKPP target" if label else "KD target vs. DKPP target")
@@ -288,8 +290,9 @@ def le_target_frame(maps: Tensor, labels: Tensor, index: int, class_names: Seque
 
 def targets_figure(targets: pd.DataFrame, title: str = "") -> Figure:
     """Bars of the probability per class for each target in ``targets`` (as :func:`le_target_frame` makes)."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
     sns.barplot(targets, x="class", y="probability", hue="target", ax=ax)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), fontsize=8, title_fontsize=9)
     ax.tick_params(axis="x", labelrotation=40)
     ax.set_xlabel("")
     ax.set_title(title)
