@@ -182,3 +182,39 @@ def test_stability_frame_matches_the_sets():
     assert frame[["final", "union", "discarded"]].values.tolist() == [[1, 2, 1], [0, 0, 0]]
     assert frame.rho.iloc[0] == pytest.approx(0.5) and math.isnan(frame.rho.iloc[1])
     assert t.rho().item() == pytest.approx(0.5)  # the mean leaves the undefined image out
+
+
+def _pair():
+    # 2 images, 3 checkpoints, 2x2 grid; the student's fg concepts appear at checkpoint 1 and stay
+    student = torch.stack([_maps([-3, -3, -3, -3], [-4, -3, -4, -3], [-4, -3, -4, -3])[0]] * 2)
+    baseline = torch.stack([_maps([-4, -3, -3, -3], [-3, -3, -4, -3], [-3, -3, -3, -3])[0]] * 2)
+    return {n: dynamics.trajectory(e, FG, [0, 1, 2], [0.0, 0.5, 1.0])
+            for n, e in (("student", student), ("baseline", baseline))}
+
+
+def test_figures_draw_what_the_frames_hold():
+    import io
+
+    from PIL import Image
+
+    from kdnb.concepts import plots_dynamics
+
+    pair = _pair()
+    trajectories = {("a", "fc1", n): t for n, t in pair.items()}
+    fig = plots_dynamics.concept_curves(dynamics.curves_frame(trajectories))
+    lines = {line.get_label(): line.get_ydata().tolist() for line in fig.axes[0].get_lines()}
+    assert lines["student"] == [0, 2, 2] and lines["baseline"] == [1, 1, 0]  # mean N_fg per checkpoint
+    sets = {n: dynamics.union_sets(t.concepts, t.fg) for n, t in pair.items()}
+    images = torch.zeros(2, 1, 8, 8)
+    fig = plots_dynamics.union_sets_figure(images[0], pair, sets, 0)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "union: 2/2 kept, ρ=1.00" in titles and "union: 0/2 kept, ρ=0.00" in titles
+    png = plots_dynamics.compact_png(plots_dynamics.concepts_at_checkpoint(images, pair, 1, [0, 1]), colors=16)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.mode == "P" and len(image.getcolors()) <= 16
+    metrics = dynamics.metrics_frame(trajectories)
+    values, better = dynamics.table3(metrics)
+    html = plots_dynamics.style_table3(values, better).to_html()
+    assert html.count("font-weight: bold") == 1  # one CSS rule lists every bold cell
+    fig = plots_dynamics.win_grid(dynamics.wins(metrics))
+    assert [t.get_text() for t in fig.axes[0].texts].count("S") == (dynamics.wins(metrics).winner == "S").sum()
