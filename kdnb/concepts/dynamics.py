@@ -318,7 +318,9 @@ def measure(profile, arch: str, layer: str, network: str, probe=None, seed: int 
     """The :class:`Trajectory` of Part I's ``network`` (``"student"``: distilled at ``layer``; ``"baseline"``)
     of ``arch`` at FC ``layer`` over the protocol's checkpoints (:mod:`kdnb.concepts.protocol`): the run is
     trained or loaded, the probe images' entropy maps are computed or read from the analysis cache at every
-    checkpoint, b is the architecture's (0.25 for AlexNet), the weight distance that of the layer's weights."""
+    checkpoint, b is the architecture's (0.25 for AlexNet), the weight distance that of the layer's weights.
+    A student whose initial weights are the baseline's (same seed and architecture: checked, not assumed) takes
+    the baseline's maps at epoch 0, so they are computed once."""
     from .. import runs
     from . import protocol
 
@@ -330,8 +332,19 @@ def measure(profile, arch: str, layer: str, network: str, probe=None, seed: int 
             else protocol.baseline(profile, arch, seed=seed))
     run = runs.train_or_load(spec)
     epochs = tuple(s.checkpoints)
-    maps = torch.stack([protocol.entropy(run, layer, probe, profile, epoch=e).entropy for e in epochs], dim=1)
+    source = {e: run for e in epochs}
+    if network == "student" and epochs[0] == 0:  # same seed, same architecture: the same initial network?
+        base = runs.train_or_load(protocol.baseline(profile, arch, seed=seed))
+        if _same_weights(run.model(epoch=0, device="cpu"), base.model(epoch=0, device="cpu")):
+            source[0.0] = base  # then its maps are the baseline's: computed once, shared through the cache
+    maps = torch.stack([protocol.entropy(source[e], layer, probe, profile, epoch=e).entropy for e in epochs], dim=1)
     return trajectory(maps, probe.fg, epochs, protocol.weight_distances(run, layer, epochs), b=protocol.B[arch])
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when two networks hold bit-identical parameters and buffers."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def measure_all(profile, probe=None, architectures: Sequence[str] | None = None,
