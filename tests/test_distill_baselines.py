@@ -341,7 +341,11 @@ def test_fitnets_loss_by_hand_and_its_kd_stage_runs_only_the_teacher_logits() ->
 
 def test_fitnets_regressor_shrinks_a_larger_guided_map_and_refuses_a_smaller_one() -> None:
     method = distill.FitNets(net("resnet8"), net("resnet14"), hint_layer="stage2", guided_layer="stage1")
-    assert method.regressor.conv.kernel_size == (17, 17)  # 32 px -> 16 px without padding
+    assert method.regressor.conv.kernel_size == method.regressor.conv.stride == (2, 2)
+    for size in (28, 32):  # Fashion-MNIST and CIFAR: the maps keep their ratio
+        x, y = torch.randn(2, 1, size, size), torch.tensor([0, 1])
+        hint = method(x, y, Context(stage=Stage("hint", terms=("hint",))))[1]["hint"]
+        assert hint.shape == () and math.isfinite(hint.item())
     with pytest.raises(ValueError, match="smaller than the hint"):
         distill.FitNets(net("resnet8"), net("resnet14"), hint_layer="stage1", guided_layer="stage3")
     with pytest.raises(ValueError, match="at least 2 epochs"):

@@ -86,9 +86,14 @@ def signed(feature: str) -> bool:
 
 
 class Regressor(nn.Module):
-    """FitNets' convolutional regressor (Romero et al. 2015, §2.2): a conv without padding whose kernel
-    ``k = H_student - H_teacher + 1`` maps the student's guided map onto the teacher's hint map (1x1 when the
-    sizes agree), followed by the teacher's non-linearity (a ReLU when the hint is a ReLU output)."""
+    """FitNets' convolutional regressor (Romero et al. 2015, §2.2), mapping the student's guided map onto the
+    teacher's hint map, followed by the teacher's non-linearity (a ReLU when the hint is a ReLU output).
+
+    FitNets sizes the kernel as ``H_student - H_teacher + 1`` without padding, which depends on the input size
+    (unknown when the method is built: 28 px Fashion-MNIST, 32 px CIFAR). We use a conv whose kernel and stride
+    are the size ratio instead: 1x1 for equal sizes (then the same as FitNets), 2x2 stride 2 for a map twice
+    the hint's size, whatever the input. A guided map smaller than the hint is an error.
+    """
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], relu: bool) -> None:
         super().__init__()
@@ -96,7 +101,10 @@ class Regressor(nn.Module):
         if h_s < h_t or w_s < w_t:
             raise ValueError(f"the guided map ({h_s}x{w_s}) is smaller than the hint ({h_t}x{w_t}); FitNets' "
                              "regressor only shrinks: guide a lower (larger) student layer")
-        self.conv = nn.Conv2d(c_s, c_t, kernel_size=(h_s - h_t + 1, w_s - w_t + 1))
+        if h_s % h_t or w_s % w_t:
+            raise ValueError(f"the guided map ({h_s}x{w_s}) is not a whole multiple of the hint ({h_t}x{w_t})")
+        ratio = (h_s // h_t, w_s // w_t)
+        self.conv = nn.Conv2d(c_s, c_t, kernel_size=ratio, stride=ratio)
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,8 +152,8 @@ class FitNets(Method):
     def hint_loss(self, guided: Tensor, hint: Tensor) -> Tensor:
         fitted = self.regressor(guided)
         if fitted.shape != hint.shape:
-            raise ValueError(f"regressed guided map {tuple(fitted.shape)} != hint {tuple(hint.shape)}: the input "
-                             "size changes the maps' ratio; build the method for this input size")
+            raise ValueError(f"regressed guided map {tuple(fitted.shape)} != hint {tuple(hint.shape)} (the input "
+                             "size changes the ratio of the two maps' sizes)")
         return self.beta * F.mse_loss(fitted, hint)
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
