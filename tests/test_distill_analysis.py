@@ -253,6 +253,15 @@ def test_paired_edge_cases():
     assert single.difference.n == 1 and math.isnan(single.p_value)
 
 
+def test_paired_differences_without_spread_have_no_p_value_and_no_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's precision-loss warning would land in a notebook's output
+        same_gain = paired([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert same_gain.difference.mean == 1.0 and math.isnan(same_gain.p_value)
+    assert verdict_for_improvement(same_gain) == INCONCLUSIVE
+
+
 def _comparison(low, high, n=3):
     return PairedComparison(Summary((low + high) / 2, 0.1, n, low, high), 0.01)
 

@@ -65,5 +65,8 @@ def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Paire
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in size: {a.shape} vs {b.shape}")
     diff = summarize(a - b, level)
-    p = float(stats.ttest_rel(a, b).pvalue) if a.size >= 2 and np.any(a != b) else math.nan
+    # Differences without spread (identical gains on every seed) leave the t statistic undefined: no p-value,
+    # rather than scipy's 0 with a precision-loss warning in the notebook.
+    spread = a.size >= 2 and np.ptp(a - b) > 0
+    p = float(stats.ttest_rel(a, b).pvalue) if spread else math.nan
     return PairedComparison(diff, p)
