@@ -262,7 +262,7 @@ def test_bad_depth_message_explains_rule() -> None:
 
 def test_unexpected_option_is_rejected() -> None:
     with pytest.raises(TypeError, match="'dropout'"):
-        models.create("resnet20", dropout=0.3)
+        models.create("vgg8", dropout=0.3)
 
 
 @pytest.mark.parametrize(
@@ -273,12 +273,13 @@ def test_unknown_option_raises_type_error_naming_it(name: str) -> None:
         models.create(name, dropuot=0.1)  # a typo of an option some families have
     assert "'dropuot'" in str(error.value)
     # An option another family has is still unknown here; the message says what this family accepts.
-    if name in ("resnet20", "vgg8", "cnn6"):
+    other = "fc_width" if name in ("resnet20", "wrn-16-1", "vgg8", "cnn6", "mlp") else "hidden"
+    if name == "vgg8":
         with pytest.raises(TypeError, match="takes no options"):
-            models.create(name, fc_width=64)
+            models.create(name, **{other: 64})
     else:
         with pytest.raises(TypeError, match="options are: .*dropout"):
-            models.create(name, width=64)
+            models.create(name, **{other: 64})
 
 
 def test_available_lists_canonical_names() -> None:
