@@ -150,3 +150,19 @@ def test_dml_takes_no_teacher():
     spec = tiny_spec()
     with pytest.raises(ValueError, match="no teacher"):
         distill.create("dml", runs.build_model(spec), runs.build_model(spec))
+
+
+def test_kl_weight_scales_the_mutual_term_only():
+    """Gu et al. (§5.2) weigh DML's KL term λ = 0.1: the ``weight`` argument multiplies it and nothing else."""
+    from kdnb import models
+    torch.manual_seed(0)
+    student = models.create("resnet8", num_classes=10, in_channels=1)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    full, tenth = distill.create("dml", student, weight=1.0), distill.create("dml", student, weight=0.1)
+    tenth.peer.load_state_dict(full.peer.state_dict())
+    full.eval(), tenth.eval()
+    _, with_full = full.update_losses("student", x, y)
+    _, with_tenth = tenth.update_losses("student", x, y)
+    assert with_full["kl"] > 0
+    assert torch.allclose(with_tenth["kl"], 0.1 * with_full["kl"])
+    assert torch.equal(with_tenth["ce"], with_full["ce"])

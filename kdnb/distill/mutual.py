@@ -13,7 +13,8 @@ from .kd import kd_divergence
 
 class DML(Method):
     """Zhang et al. (2018), Eq. 10–11: each network minimises
-    :math:`\\mathrm{CE}(y, p_k) + D_{KL}(p_{\\text{other}} \\| p_k)`.
+    :math:`\\mathrm{CE}(y, p_k) + \\lambda D_{KL}(p_{\\text{other}} \\| p_k)`, λ = ``weight`` (1 in the DML paper;
+    Gu et al. §5.2 use 0.1).
 
     The two networks are updated alternately on every batch (their Algorithm 1): first the student against the
     peer's current prediction, then the peer against the student's *updated* prediction. The peer is built with
@@ -24,7 +25,7 @@ class DML(Method):
     version = 2  # 2: the other network's prediction no longer advances its BatchNorm statistics
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, peer: str | None = None,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, weight: float = 1.0) -> None:
         super().__init__(student, None)
         if teacher is not None:
             raise ValueError("DML trains its peer alongside the student; it takes no teacher run")
@@ -34,7 +35,7 @@ class DML(Method):
             raise ValueError("DML needs a peer model name (method_args={'peer': 'resnet20'})")
         self.peer = models.create(name, num_classes=config.get("num_classes", 10),
                                   in_channels=config.get("in_channels", 3))
-        self.temperature = float(temperature)
+        self.temperature, self.weight = float(temperature), float(weight)
 
     def updates(self) -> list[Update]:
         return [Update("student", ("student",)), Update("peer", ("peer",))]
@@ -45,7 +46,7 @@ class DML(Method):
         # only in its own update, once per batch.
         with torch.no_grad(), batchnorm_statistics_fixed(other):
             other_logits = other(x)
-        return logits, F.cross_entropy(logits, y), kd_divergence(logits, other_logits, self.temperature)
+        return logits, F.cross_entropy(logits, y), self.weight * kd_divergence(logits, other_logits, self.temperature)
 
     def update_losses(self, update: str, x: Tensor, y: Tensor,
                       context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
