@@ -17,9 +17,9 @@ from .born_again import BornAgain
 from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
                              cwtm_weights, dkpp_permute, permute_except, teacher_confidence, weighted_cross_entropy)
 from .fsp import FSP, fsp_loss, fsp_matrix
-from .hints import FitNets, hinton_terms
+from .hints import FitNets
 from .introspective import LE, LEPermut, le_targets
-from .kd import CE, KD, kd_divergence, soft_targets
+from .kd import CE, KD, hinton_terms, kd_divergence, soft_targets
 from .mimic import Mimic
 from .mutual import DML
 from .regularizers import ConfidencePenalty, LabelSmoothing, entropy, smoothed_targets

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Context, Method
-from .hints import check_hinton, feature_shapes, hinton_terms
+from .hints import feature_shapes
+from .kd import check_hinton, hinton_terms
 
 
 def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Context, Method, Stage
-from .hints import check_hinton, check_share, feature_shapes, hinton_terms, prefixes_above, stage_epochs
+from .hints import check_share, feature_shapes, prefixes_above, stage_epochs
+from .kd import check_hinton, hinton_terms
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """FitNets (Romero et al. 2015): a student's middle layer is first fitted to a teacher's "hint" through a
 regressor, then the whole student is trained with Hinton et al.'s KD. Also the pieces the feature-based methods
-share (:mod:`.attention`, :mod:`.fsp`): feature shapes from a probe, the part of a student above a feature, the
-Hinton KD terms from logits, and a stage's share of the run."""
+share (:mod:`.attention`, :mod:`.fsp`): feature shapes from a probe, the part of a student above a feature, and
+a stage's share of the run (the Hinton KD terms are :func:`.kd.hinton_terms`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..models.base import collapse_prefixes
 from ..modules import under_any
 from .base import Context, Method, Stage
-from .kd import kd_divergence
+from .kd import check_hinton, hinton_terms
 
 PROBE_SIZE = 32  # a probe image's side; CIFAR's 32 px and Fashion-MNIST's 28 px give the same size ratios
 
@@ -46,23 +46,6 @@ def prefixes_above(model: nn.Module, feature: str) -> tuple[str, ...]:
     needed = model.prefixes_up_to(feature)
     owners = {name.rsplit(".", 1)[0] for name, _ in model.named_parameters() if not under_any(name, needed)}
     return collapse_prefixes(model, owners)
-
-
-def hinton_terms(logits: Tensor, teacher_logits: Tensor | None, y: Tensor, temperature: float,
-                 alpha: float) -> dict[str, Tensor]:
-    """Hinton et al. (2015): ``{"ce": (1 - alpha) CE(y, z_s), "kd": alpha T^2 KL(q_t || q_s)}``, as :class:`KD`
-    computes them; ``"kd"`` is left out when ``teacher_logits`` is None (alpha = 0 or a stage without it)."""
-    terms = {"ce": (1.0 - alpha) * F.cross_entropy(logits, y)}
-    if teacher_logits is not None:
-        terms["kd"] = alpha * kd_divergence(logits, teacher_logits, temperature)
-    return terms
-
-
-def check_hinton(temperature: float, alpha: float) -> None:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
 
 def stage_epochs(share: float, epochs: int, what: str) -> int:

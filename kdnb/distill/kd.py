@@ -31,6 +31,25 @@ def kd_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: f
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
+def hinton_terms(logits: Tensor, teacher_logits: Tensor | None, y: Tensor, temperature: float,
+                 alpha: float) -> dict[str, Tensor]:
+    """Hinton et al. (2015): ``{"ce": (1 - alpha) CE(y, z_s), "kd": alpha T^2 KL(q_t || q_s)}`` — the one
+    implementation of the KD loss, used by :class:`KD` and by the methods that add KD to a feature loss (AT, FSP,
+    FitNets); ``"kd"`` is left out when ``teacher_logits`` is None (alpha = 0, or a stage without the term)."""
+    terms = {"ce": (1.0 - alpha) * F.cross_entropy(logits, y)}
+    if teacher_logits is not None:
+        terms["kd"] = alpha * kd_divergence(logits, teacher_logits, temperature)
+    return terms
+
+
+def check_hinton(temperature: float, alpha: float) -> None:
+    """ValueError for a non-positive temperature or an ``alpha`` outside [0, 1]."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
 class KD(Method):
     """Hinton et al. (2015): :math:`\\mathcal{L} = (1-\\alpha)\\,\\mathrm{CE}(y, z_s) + \\alpha T^2
     \\mathrm{KL}(\\sigma(z_t/T) \\| \\sigma(z_s/T))`.
@@ -43,17 +62,12 @@ class KD(Method):
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, temperature: float = 4.0,
                  alpha: float = 0.9) -> None:
         super().__init__(student, teacher)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        check_hinton(temperature, alpha)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
         logits = self.student(x)
-        terms = {"ce": (1.0 - self.alpha) * F.cross_entropy(logits, y)}
-        if context.uses("kd"):  # a CE-only stage never runs the teacher
-            terms["kd"] = self.alpha * kd_divergence(logits, self.teacher_logits(x), self.temperature)
-        return logits, terms
+        teacher_logits = self.teacher_logits(x) if context.uses("kd") else None  # a CE-only stage never runs it
+        return logits, hinton_terms(logits, teacher_logits, y, self.temperature, self.alpha)
