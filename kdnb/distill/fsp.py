@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Context, Method, Stage
-from .hints import check_share, feature_shapes, prefixes_above, stage_epochs
-from .kd import check_hinton, hinton_terms
+from .hints import check_share, feature_shapes, kd_stage_terms, prefixes_above, stage_epochs
+from .kd import check_hinton
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
@@ -98,7 +98,5 @@ class FSP(Method):
             terms["fsp"] = self.beta * fsp_loss(self.matrices(features), teacher_matrices)
         else:
             logits = self.student(x)
-        if context.uses("ce") or context.uses("kd"):
-            teacher_logits = self.teacher_logits(x) if self.alpha > 0 and context.uses("kd") else None
-            terms.update(hinton_terms(logits, teacher_logits, y, self.temperature, self.alpha))
+        terms.update(kd_stage_terms(self, logits, x, y, context))
         return logits, terms

@@ -48,6 +48,15 @@ def prefixes_above(model: nn.Module, feature: str) -> tuple[str, ...]:
     return collapse_prefixes(model, owners)
 
 
+def kd_stage_terms(method: Method, logits: Tensor, x: Tensor, y: Tensor, context: Context) -> dict[str, Tensor]:
+    """The Hinton terms of a two-stage feature method (FitNets, FSP) in the current stage: none in a stage that sums
+    neither ``ce`` nor ``kd``; the teacher runs only when the stage sums ``kd`` and ``method.alpha > 0``."""
+    if not (context.uses("ce") or context.uses("kd")):
+        return {}
+    teacher_logits = method.teacher_logits(x) if method.alpha > 0 and context.uses("kd") else None
+    return hinton_terms(logits, teacher_logits, y, method.temperature, method.alpha)
+
+
 def stage_epochs(share: float, epochs: int, what: str) -> int:
     """Epochs of a first stage that takes ``share`` of a run of ``epochs``: rounded, at least one, and at least
     one left for the second stage (so a run needs two epochs)."""
@@ -149,7 +158,5 @@ class FitNets(Method):
             terms["hint"] = self.hint_loss(features[self.guided_layer], hint)
         else:
             logits = self.student(x)
-        if context.uses("ce") or context.uses("kd"):
-            teacher_logits = self.teacher_logits(x) if self.alpha > 0 and context.uses("kd") else None
-            terms.update(hinton_terms(logits, teacher_logits, y, self.temperature, self.alpha))
+        terms.update(kd_stage_terms(self, logits, x, y, context))
         return logits, terms
