@@ -166,3 +166,17 @@ def test_kl_weight_scales_the_mutual_term_only():
     assert with_full["kl"] > 0
     assert torch.allclose(with_tenth["kl"], 0.1 * with_full["kl"])
     assert torch.equal(with_tenth["ce"], with_full["ce"])
+
+
+def test_a_peer_of_the_students_architecture_gets_the_students_model_options():
+    """A dropout (or narrowed) student's peer is the same network: same options, same parameter shapes."""
+    spec = tiny_spec(model_args={"dropout": 0.3})
+    method = make_dml(spec)
+    assert method.peer.config == method.student.config and method.peer.config["dropout"] == 0.3
+    x = torch.randn(4, 1, 28, 28)
+    method.peer.train()
+    assert not torch.equal(method.peer(x), method.peer(x)), "the peer drops nothing in training mode"
+    method.peer.eval()
+    assert torch.equal(method.peer(x), method.peer(x))
+    other = distill.create("dml", runs.build_model(spec), None, peer="cnn6")  # another family: its defaults
+    assert "dropout" not in other.peer.config or other.peer.config["dropout"] == 0.0

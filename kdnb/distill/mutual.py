@@ -18,11 +18,15 @@ class DML(Method):
 
     The two networks are updated alternately on every batch (their Algorithm 1): first the student against the
     peer's current prediction, then the peer against the student's *updated* prediction. The peer is built with
-    ``models.create(peer, ...)`` like the student; ``temperature`` softens both sides (1 in the paper).
+    ``models.create(peer, ...)``: a peer of the student's own architecture (``peer`` omitted or the same name)
+    gets the student's model options too (dropout, width), another architecture only its class and channel
+    counts. ``temperature`` softens both sides (1 in the paper).
     """
 
     takes_teacher = False
-    version = 2  # 2: the other network's prediction no longer advances its BatchNorm statistics
+    # 2: the other network's prediction no longer advances its BatchNorm statistics;
+    # 3: a peer of the student's architecture is built with the student's model options (was: the defaults)
+    version = 3
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, peer: str | None = None,
                  temperature: float = 1.0, weight: float = 1.0) -> None:
@@ -33,8 +37,11 @@ class DML(Method):
         name = peer or getattr(student, "name", None)
         if name is None:
             raise ValueError("DML needs a peer model name (method_args={'peer': 'resnet20'})")
-        self.peer = models.create(name, num_classes=config.get("num_classes", 10),
-                                  in_channels=config.get("in_channels", 3))
+        if name.strip().lower() == str(getattr(student, "name", "")).lower():
+            options = config
+        else:
+            options = {"num_classes": config.get("num_classes", 10), "in_channels": config.get("in_channels", 3)}
+        self.peer = models.create(name, **options)
         self.temperature, self.weight = float(temperature), float(weight)
 
     def updates(self) -> list[Update]:
