@@ -51,7 +51,8 @@ def test_mimic_loss_is_the_squared_feature_difference_before_the_relu(layer: str
     with torch.no_grad():
         _, terms = method(x, y, Context(stage=Stage("mimic", terms=("mimic",))))
     f_s, f_t = linear_output(student, FC_MODULE[layer], x), linear_output(teacher, FC_MODULE[layer], x)
-    by_hand = ((f_t - f_s) ** 2).sum() / f_s.numel()  # ||f_T - f_S||^2 over batch x elements (the released MSE)
+    # ||f_T - f_S||^2 over the batch, divided by the larger of ||f_T||^2 and the element count (the released MSE)
+    by_hand = ((f_t - f_s) ** 2).sum() / max((f_t ** 2).sum(), f_t.numel())
     assert set(terms) == {"mimic"}
     torch.testing.assert_close(terms["mimic"], by_hand, rtol=1e-6, atol=0)
     if layer != "fc3":  # the pre-ReLU feature has negative entries: a loss on relu(f) would differ
@@ -115,3 +116,20 @@ def test_classify_stage_freezes_the_mimicked_layers_and_never_runs_the_teacher(a
     moved = [k for k in after_mimic if is_learned(k) and not torch.equal(after_mimic[k], initial[k])]
     assert any(k.startswith("fc1.") for k in moved) and len(moved) > 2  # the whole trunk up to FC1 learned
     assert teacher_calls[1] == 2 * len(data()) and teacher_calls[2] == teacher_calls[1]  # none in "classify"
+
+
+def test_mimic_loss_is_the_mse_for_small_features_and_relative_for_large_ones() -> None:
+    """Teacher features of mean square <= 1: the plain mean-reduced MSE (the released loss). Larger ones: relative
+    to their energy — zero student output costs 1, a common scale leaves the loss unchanged, and the gradient is
+    the squared distance's divided by the teacher's energy (none flows through the teacher)."""
+    from kdnb.distill.mimic import mimic_loss
+
+    g = torch.Generator().manual_seed(0)
+    small_t, small_s = 0.1 * torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)
+    torch.testing.assert_close(mimic_loss(small_s, small_t), F.mse_loss(small_s, small_t), rtol=1e-6, atol=0)
+    f_t = torch.randn(6, 10, generator=g) * 5
+    f_s = torch.randn(6, 10, generator=g).requires_grad_(True)
+    assert mimic_loss(torch.zeros_like(f_t), f_t).item() == pytest.approx(1.0, rel=1e-6)
+    torch.testing.assert_close(mimic_loss(3 * f_s, 3 * f_t), mimic_loss(f_s, f_t), rtol=1e-6, atol=0)
+    mimic_loss(f_s, f_t).backward()
+    torch.testing.assert_close(f_s.grad, 2 * (f_s.detach() - f_t) / (f_t ** 2).sum(), rtol=1e-6, atol=0)

@@ -4,7 +4,8 @@ teacher's feature there, alone; then they are frozen and the layers above learn 
 Stage ``"mimic"``: the student's parameters up to and including ``FC_l`` (``student.prefixes_up_to(layer)``)
 learn from the distillation loss only,
 
-    L_mimic = ‖f_T(x) − f_S(x)‖² / D     (§4.1; D = batch × feature elements, the released code's MSE),
+    L_mimic = ‖f_T(x) − f_S(x)‖² / max(‖f_T(x)‖², D)     (§4.1's squared distance over the batch; D = batch ×
+                                                          feature elements),
 
 with ``f`` the layer's output **before its ReLU** (``fcl.pre``; for ``fc3`` the logits, which have no ReLU).
 Everything above ``FC_l`` is frozen (no labels reach the layers being measured: "the learning process was not
@@ -16,8 +17,14 @@ As the released code (``distillation/distillation.py``; ``shared/notes/estimator
 
 - phase 1, the mimic, is 150 epochs and phase 2, the classifier, 100: ``mimic_share`` = 150/250 = 0.6 of the
   schedule's epochs (rounded, at least one epoch each) go to the mimic stage;
-- the loss is a mean-reduced MSE on the pre-ReLU feature (the paper writes the squared norm; the mean is the
-  same loss up to a constant factor, absorbed by the learning rate);
+- the loss is the squared distance on the pre-ReLU feature divided by the larger of D and the teacher feature's
+  squared norm over the batch (no gradient flows through it: the teacher is fixed). Where the teacher's features
+  have a mean square of at most 1 this is the released code's mean-reduced MSE (the paper's squared norm up to
+  the constant D). Where they are larger it is the distance relative to the teacher's feature energy, so the
+  loss starts near 1. FC3's logits are large (mean square ≈ 28 for a trained ``alexnet_small`` teacher, against
+  ≈ 5 and ≈ 2 at FC1/FC2): with the plain MSE their mimic diverged to NaN within a dozen steps at the book's
+  learning rate. The loss is never scaled *up*: a barely trained teacher with tiny logits (mean square ≈ 0.01)
+  made the purely relative loss diverge to inf;
 - the two phases are separate trainings there, so here each stage restarts the learning-rate schedule; the
   learning rate itself is the schedule's (the released code's lr is not in our notes) — a difference.
 """
@@ -36,8 +43,11 @@ RELEASED_SHARE = 150 / 250  # the released code's 150 mimic epochs then 100 clas
 
 
 def mimic_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """§4.1's ‖f_T(x) − f_S(x)‖², mean-reduced over the batch and the feature elements (the released MSE)."""
-    return F.mse_loss(student_feature, teacher_feature)
+    """§4.1's ‖f_T(x) − f_S(x)‖² over the batch divided by max(‖f_T(x)‖², D) (detached; D the number of
+    elements): the released mean-reduced MSE for teacher features of mean square ≤ 1, the distance relative to
+    the teacher's energy above that (1 for a student that outputs zeros). See the module docstring."""
+    energy = teacher_feature.detach().pow(2).sum().clamp_min(teacher_feature.numel())
+    return (student_feature - teacher_feature).pow(2).sum() / energy
 
 
 def stage_epochs(epochs: int, mimic_share: float) -> tuple[int, int]:
@@ -57,7 +67,7 @@ class Mimic(Method):
     in the mimic stage (0.6, the released 150 of 250); ignored for ``fc3`` (all epochs mimic)."""
 
     requires_teacher = True
-    version = 1
+    version = 2  # 2: the loss is relative to the teacher feature's energy where that is large (NaN at FC3)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, layer: str = "fc1",
                  mimic_share: float = RELEASED_SHARE) -> None:
