@@ -251,8 +251,9 @@ def check_information_discarding(values: dict, notebook) -> None:
 
 
 def check_visual_concepts(values: dict, notebook) -> None:
-    _common(values, notebook, ("n_comparisons", "n_reproduced", "n_not_reproduced", "n_inconclusive"),
-            verdicts=("overall",), widget=False, figures=2)
+    _common(values, notebook, ("n_comparisons", "n_reproduced", "n_not_reproduced", "n_inconclusive", "chance",
+                               "weak_networks"), verdicts=("overall",), widget=False, figures=2)
+    assert _number(values["chance"]) == pytest.approx(10)  # ten classes
     parts = [int(values[k]) for k in ("n_reproduced", "n_not_reproduced", "n_inconclusive")]
     assert sum(parts) == int(values["n_comparisons"]) > 0
 

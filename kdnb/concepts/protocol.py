@@ -7,7 +7,8 @@ For every architecture (AlexNet, VGG-11 and ResNet-20 with three FC layers) and 
 - a **teacher** (:func:`teacher`): cross-entropy on more data, with augmentation — our stand-in for the
   paper's ImageNet pre-training ("pre-trained on the ImageNet dataset … then fine-tuned", §4.1; the Table 2
   teachers were "learned from scratch … data augmentation was used to boost the teacher"): more training
-  images per class of the same data set than the students (3× at ``book``), random crops and flips, more epochs;
+  images per class of the same data set than the students (2× at ``book``), random crops and flips, and so more
+  SGD steps;
 - a **student** (:func:`student`): method ``"mimic"`` (:mod:`kdnb.distill.mimic`) — its layers up to FC_l learn
   ‖f_T(x) − f_S(x)‖² alone, then are frozen while the layers above learn the labels; the checkpoints analysed
   lie in the mimic stage, as in the released code;
@@ -120,8 +121,8 @@ _SCALES: dict[str, ConceptScale] = {
         profile="book", dataset="cluttered_fashion_mnist", architectures=ARCHITECTURES,
         model_args={"alexnet_small": {"width": 0.5, "fc_width": 256}, "vgg11-fc": {"width": 0.125, "fc_width": 256},
                     "resnet20-fc": {"width": 0.5, "fc_width": 256}},
-        train_per_class=100, test_per_class=50, teacher_per_class=300, epochs=4, classify_epochs=2,
-        teacher_epochs=6, batch_size=64, lr=0.05, checkpoints=(0, 0.125, 0.25, 0.5, 1, 2, 3, 4), images=20,
+        train_per_class=200, test_per_class=50, teacher_per_class=400, epochs=8, classify_epochs=2,
+        teacher_epochs=8, batch_size=64, lr=0.05, checkpoints=(0, 0.125, 0.25, 0.5, 1, 2, 3, 4, 6, 8), images=20,
         grid=12, mode="linearised", options=_ESTIMATOR_BOOK, faithful_images=3),
     "paper": ConceptScale(
         profile="paper", dataset="cub200", architectures=ARCHITECTURES,
