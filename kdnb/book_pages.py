@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, claims_from_payload, \
+from .analysis.claims import VERDICTS, Claim, claims_from_payload, \
     claims_in_notebook, claims_payload
 
 CLAIMS_PAGE = "book/reproduced"  # the generated page, as listed in _toc.yml
@@ -279,7 +279,8 @@ def paper_name(source: str) -> str:
     return "; ".join(names.get(k, k) for k in keys) or "—"
 
 
-COLUMNS = ("Chapter", "Paper", "Claim", "The paper reports", "We measured", "Verdict", "Profile")
+COLUMNS = ("Chapter", "Paper", "Claim", "The paper reports", "Paper effect", "We measured", "Premise", "n",
+           "Resolution", "Verdict", "Note", "Profile")
 
 
 def claim_rows(records: list[ChapterRecord]) -> list[dict[str, str]]:
@@ -288,16 +289,18 @@ def claim_rows(records: list[ChapterRecord]) -> list[dict[str, str]]:
     for record in records:
         for claim in record.claims:
             rows.append({"Chapter": record.title, "Paper": paper_name(claim.source), "Claim": claim.claim,
-                         "The paper reports": claim.paper, "We measured": claim.measured,
-                         "Verdict": claim.verdict, "Profile": record.profile,
+                         "The paper reports": claim.paper, "Paper effect": claim.paper_effect or "—",
+                         "We measured": claim.measured, "Premise": claim.premise_text,
+                         "n": "—" if claim.n is None else str(claim.n), "Resolution": claim.resolution or "—",
+                         "Verdict": claim.verdict, "Note": claim.note, "Profile": record.profile,
                          "label": chapter_label(record.chapter), "docname": record.docname,
-                         "source": claim.source})
+                         "source": claim.source, "premise_held": claim.premise_held, "setting": claim.setting})
     return rows
 
 
 def verdict_counts(rows: list[dict[str, str]]) -> str:
     n = len(rows)
-    counts = {v: sum(r["Verdict"] == v for r in rows) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    counts = {v: sum(r["Verdict"] == v for r in rows) for v in VERDICTS}
     return (f"{n} claim{'s' if n != 1 else ''}: " + ", ".join(f"{counts[v]} {v}" for v in counts))
 
 
@@ -305,27 +308,26 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+#: The details of a claim below its headline, in the terminal and in the page's drop-down, in this order.
+DETAILS = ("The paper reports", "Paper effect", "We measured", "Resolution", "Premise", "Note")
+
+
 def format_text(rows: list[dict[str, str]], width: int | None = None) -> str:
-    """The claims as a plain-text grid that fits ``width`` columns (the terminal's by default)."""
-    width = max(100, width or shutil.get_terminal_size((140, 24)).columns)
-    fixed = {"Chapter": 16, "Paper": 16, "Verdict": 14, "Profile": 7}
-    flexible = [c for c in COLUMNS if c not in fixed]
-    spare = width - sum(fixed.values()) - 3 * (len(COLUMNS) - 1)
-    widths = {**fixed, **{c: max(12, spare // len(flexible)) for c in flexible}}
-
-    def line(cells: dict[str, list[str]], i: int) -> str:
-        return " | ".join((cells[c][i] if i < len(cells[c]) else "").ljust(widths[c]) for c in COLUMNS)
-
-    def block(values: dict[str, str]) -> list[str]:
-        cells = {c: textwrap.wrap(_one_line(values[c]), widths[c], break_on_hyphens=False) or [""]
-                 for c in COLUMNS}
-        return [line(cells, i) for i in range(max(len(v) for v in cells.values()))]
-
-    rule = "-+-".join("-" * widths[c] for c in COLUMNS)
-    out = block({c: c for c in COLUMNS}) + [rule]
+    """The claims for a terminal of ``width`` columns (the terminal's by default): per claim a headline —
+    verdict, chapter, paper, claim — and its details indented below it, wrapped to the width."""
+    width = max(60, width or shutil.get_terminal_size((140, 24)).columns)
+    out: list[str] = []
     for row in rows:
-        out += block(row) + [rule]
-    return "\n".join(out)
+        head = f"[{row['Verdict']}] {row['Chapter']} · {row['Paper']} · n={row['n']} · {row['Profile']}"
+        out += textwrap.wrap(_one_line(head), width, break_on_hyphens=False)
+        out += textwrap.wrap(_one_line(row["Claim"]), width, initial_indent="  ", subsequent_indent="  ",
+                             break_on_hyphens=False)
+        for name in DETAILS:
+            if row[name] and row[name] != "—":
+                out += textwrap.wrap(_one_line(row[name]), width, initial_indent=f"    {name}: ",
+                                     subsequent_indent="      ", break_on_hyphens=False)
+        out.append("")
+    return "\n".join(out).rstrip("\n")
 
 
 def format_markdown(rows: list[dict[str, str]]) -> str:
@@ -423,29 +425,50 @@ def _myst_cell(text: str) -> str:
     return "\\" + text if re.match(r"^([-*+]|\d+[.)])(\s|$)", text) else text
 
 
+def _dropdown_body(row: dict) -> list[str]:
+    """The details of one claim as a definition list (plain text: no roles, so no claim text can break it)."""
+    lines = []
+    for name in DETAILS + ("Our setting",):
+        value = row.get("setting") if name == "Our setting" else row[name]
+        if value and value != "—":
+            lines += [name, f": {_one_line(value)}", ""]
+    return lines
+
+
 def claims_page(records: list[ChapterRecord], missing: list[Path]) -> str:
-    """The "What reproduced" page: one table of every claim, each linking back to its chapter's ledger."""
+    """The "What reproduced" page: one compact row per claim — the claim with its chapter and paper, the verdict
+    with its premise and n, and the numbers a click away — each linking back to its chapter's ledger."""
     rows = claim_rows(records)
     lines = ["# What reproduced", "",
              "Every chapter ends with *What the paper claims, what we measured*. This page gathers those "
              "ledgers into one table. A verdict is computed from this build's numbers: *reproduced* when the "
              "whole 95% confidence interval of our measurement supports the claim, *not reproduced* when it "
              "contradicts it, *inconclusive at this scale* otherwise (and whenever fewer than three seeds "
-             "were run). Each chapter link leads to the ledger it comes from.", ""]
+             "were run), and *premise unmet* when what the paper's mechanism needs did not hold in our run (a "
+             "teacher stronger than its student, a cross-entropy run that over-fits, networks that learned): "
+             "such a run did not test the paper, so it says nothing for or against it. Rules over several "
+             "comparisons correct for their number (Holm). Beside each verdict: its premise, the number of seeds "
+             "n, and under *numbers* the paper's effect, ours, and the design's *resolution*, the smallest "
+             "difference those n seeds could tell from zero. A paper effect below the resolution could not have "
+             "been seen; the note says what scale would settle it. Each chapter link leads to the ledger it "
+             "comes from.", ""]
     if records:
         lines += [f"These numbers come from {run_summary(records)} (details on the {{doc}}`landing page "
                   f"<index>`). {verdict_counts(rows)}.", ""]
     if rows:
-        lines += ["```{list-table}", ":header-rows: 1", ":class: kdnb-claims", ":widths: 11 11 17 20 17 16 8",
-                  ""]
-        lines += ["* - " + COLUMNS[0]] + [f"  - {c}" for c in COLUMNS[1:]]
+        lines += ["````{list-table}", ":header-rows: 1", ":class: kdnb-claims", ":widths: 44 18 38", ""]
+        lines += ["* - Claim", "  - Verdict", "  - Numbers"]
         for row in rows:
             link = f"{{ref}}`{_one_line(row['Chapter'])} <{row['label']}>`"
             paper = ", ".join(f"{{cite:t}}`{k.strip()}`" for k in row["source"].split(",") if k.strip()) or "—"
-            lines += [f"* - {link}", f"  - {paper}"]
-            lines += [f"  - {_myst_cell(row[c])}" for c in COLUMNS[2:5]]
-            lines += [f"  - **{row['Verdict']}**", f"  - {row['Profile']}"]
-        lines += ["```", ""]
+            held = {None: "no premise stated", True: "premise held", False: "premise unmet"}[row["premise_held"]]
+            lines += [f"* - {link} · {paper}", "", f"    {_myst_cell(row['Claim'])}",
+                      f"  - **{row['Verdict']}**", "", f"    {held}; n = {row['n']}; {row['Profile']}",
+                      "  - :::{dropdown} " + _one_line(f"ours: {row['We measured']}")[:60].replace(":", "") + "…",
+                      "    :class-container: kdnb-claim-details", ""]
+            lines += [f"    {line}" if line else "" for line in _dropdown_body(row)]
+            lines += ["    :::"]
+        lines += ["````", ""]
     else:
         lines += ["No chapter of this build recorded a claim yet.", ""]
     for record in records:
@@ -453,7 +476,7 @@ def claims_page(records: list[ChapterRecord], missing: list[Path]) -> str:
             lines += [f"- {{doc}}`{record.title} </{record.docname}>` recorded no claims.", ""]
     for chapter in missing:
         lines += [f"- *{chapter_title(chapter)}* was not executed for this build.", ""]
-    lines += ["In a terminal, `python -m kdnb claims` prints the same table after a run.", ""]
+    lines += ["In a terminal, `python -m kdnb claims` prints the same claims with their details after a run.", ""]
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from bs4 import BeautifulSoup
 
 from kdnb import book_pages, notebooks
 from kdnb.__main__ import main
-from kdnb.analysis import (CLAIMS_MIME, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS, Claim,
+from kdnb.analysis import (CLAIMS_MIME, INCONCLUSIVE, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, VERDICTS, Claim,
                            claims_in_notebook, ledger)
 
 ROOT = notebooks.ROOT
@@ -25,6 +25,9 @@ KD = Claim("KD helps the student.", "+1.2 points (CIFAR-100)", "+0.30 ± 0.20 (n
            "fashion_mnist, 3 seeds", source="hinton2015distilling")
 T4 = Claim("T=4 is best.", "Table 2", "T=2 best", NOT_REPRODUCED, source="huang2021revisiting, nokey")
 AT = Claim("- AT helps | sometimes", "1. in Table 3", "$-0.1$", INCONCLUSIVE)
+DKPP = Claim("DKPP helps.", "+1.12 points", "-3.83 ± 1.38 (n=5)", PREMISE_UNMET, premise="teacher ≥ CE student + 3 "
+             "points: 70.00 vs 76.00 (-6.00)", premise_held=False, n=5, resolution="±1.71 points at n=5",
+             paper_effect="+1.12 points", note="A teacher trained on 10× the data.")
 
 
 # ------------------------------------------------------------------------------------------------- units
@@ -49,7 +52,10 @@ def test_claim_round_trip_and_payload():
     bundle = ledger([KD, T4])._repr_mimebundle_()
     assert set(bundle) == {"text/html", "text/plain", CLAIMS_MIME}
     assert "KD helps the student." in bundle["text/html"] and "<th " not in bundle["text/html"].split("<tbody>")[1]
-    assert bundle[CLAIMS_MIME] == {"format": 1, "claims": [KD.to_dict(), T4.to_dict()]}
+    assert bundle[CLAIMS_MIME] == {"format": 2, "claims": [KD.to_dict(), T4.to_dict()]}
+    assert Claim.from_dict(json.loads(json.dumps(DKPP.to_dict()))) == DKPP  # typed fields survive JSON
+    # A format-1 payload (strings only, no premise) still reads.
+    assert Claim.from_dict({"claim": "c", "paper": "p", "measured": "m", "verdict": REPRODUCED}).premise_held is None
     json.dumps(bundle[CLAIMS_MIME])  # plain JSON
     with pytest.raises(TypeError):
         ledger([KD.to_dict()])
@@ -70,27 +76,30 @@ def test_claims_read_back_from_a_notebook():
 def records() -> list[book_pages.ChapterRecord]:
     run = {"profile": "book", "finished": "2026-01-02T03:04:05+00:00", "seconds": 312.4, "ok": True,
            "device": "cpu", "device_name": "Some CPU", "cpu_cores": 2, "torch": "2.14.1"}
-    return [book_pages.ChapterRecord(CHAPTER0, "Distillation in one notebook", Path("x.ipynb"), [KD, T4], run),
+    return [book_pages.ChapterRecord(CHAPTER0, "Distillation in one notebook", Path("x.ipynb"), [KD, T4, DKPP], run),
             book_pages.ChapterRecord(ROOT / "book" / "part9" / "later.md", "Later", Path("y.ipynb"), [AT],
                                      {**run, "profile": "smoke", "ok": False, "seconds": 4000})]
 
 
 def test_rows_from_hand_made_claims():
     rows = book_pages.claim_rows(records())
-    assert [r["Claim"] for r in rows] == [KD.claim, T4.claim, AT.claim]
+    assert [r["Claim"] for r in rows] == [KD.claim, T4.claim, DKPP.claim, AT.claim]
     assert rows[0]["Paper"] == "Hinton et al. 2015"
     assert rows[1]["Paper"] == "Huang et al. 2021; nokey"  # a key missing from references.bib stays as it is
-    assert rows[2]["Paper"] == "—"
-    assert [r["Profile"] for r in rows] == ["book", "book", "smoke"]
+    assert rows[3]["Paper"] == "—"
+    assert [r["Profile"] for r in rows] == ["book", "book", "book", "smoke"]
     assert rows[0]["label"] == "kdnb-claims-book-part0-distillation"
     assert rows[0]["The paper reports"] == KD.paper and rows[0]["We measured"] == KD.measured
-    assert book_pages.verdict_counts(rows) == "3 claims: 1 reproduced, 1 not reproduced, 1 inconclusive at this scale"
+    assert rows[2]["Premise"].endswith("— unmet") and rows[2]["n"] == "5" and rows[0]["n"] == "—"
+    assert book_pages.verdict_counts(rows) == ("4 claims: 1 reproduced, 1 not reproduced, 1 inconclusive at this "
+                                               "scale, 1 premise unmet")
 
-    text = book_pages.format_text(rows, width=120)
+    text = book_pages.format_text(rows, width=80)
     lines = text.splitlines()
-    assert all(len(line) <= 120 for line in lines), max(map(len, lines))
-    assert lines[0].split(" | ")[0].strip() == "Chapter"
-    assert "reproduced" in text and "not reproduced" in text and "T=4 is best." in text
+    assert all(len(line) <= 80 for line in lines), max(map(len, lines))
+    assert lines[0].startswith("[reproduced] Distillation in one notebook · Hinton et al. 2015")
+    assert "[premise unmet]" in text and "Premise: teacher ≥ CE student + 3 points" in " ".join(text.split())
+    assert "Resolution: ±1.71 points at n=5" in text and "T=4 is best." in text
     markdown = book_pages.format_markdown(rows).splitlines()
     assert len(markdown) == 2 + len(rows)
     assert "- AT helps \\| sometimes" in markdown[-1]
@@ -101,8 +110,11 @@ def test_pages_from_hand_made_claims():
     assert page.startswith("# What reproduced\n")
     assert "{ref}`Distillation in one notebook <kdnb-claims-book-part0-distillation>`" in page
     assert "{cite:t}`huang2021revisiting`, {cite:t}`nokey`" in page
-    assert "  - \\- AT helps | sometimes" in page and "  - \\1. in Table 3" in page  # not list items
-    assert "**not reproduced**" in page and "profile book, smoke" in page
+    assert "    \\- AT helps | sometimes" in page  # not a list item
+    assert ": 1. in Table 3" in page  # details are a definition list
+    assert "**not reproduced**" in page and "**premise unmet**" in page and "profile book, smoke" in page
+    assert "premise unmet; n = 5; book" in page and "no premise stated; n = —" in page
+    assert page.count(":::{dropdown}") == 4 and ": ±1.71 points at n=5" in page
     assert "was not executed for this build" in page
 
     section = book_pages.build_section(records())
@@ -207,7 +219,8 @@ def test_claims_command_prints_the_saved_rows(smoke_book, capsys):
     for claim in saved:
         row = next(line for line in out.splitlines() if line.startswith("| Distillation in one notebook |"))
         cells = [c.strip() for c in row.strip("|").split(" | ")]
-        assert cells[2:] == [claim.claim, claim.paper, claim.measured, claim.verdict, "smoke"]
+        assert cells[2] == claim.claim and cells[3] == claim.paper and cells[5] == claim.measured
+        assert cells[-3] == claim.verdict and cells[-1] == "smoke"
 
 
 def test_claims_command_line(smoke_book):
@@ -220,18 +233,17 @@ def test_claims_command_line(smoke_book):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "profile smoke" in lines[0]
-    # The grid wraps long cells over several lines: rebuild each column's text from its pieces.
-    header = [c.strip() for c in lines[1].split(" | ")]
-    columns = {name: [] for name in header}
-    for line in lines[3:]:
-        if set(line) <= set("-+ "):
-            break
-        for name, piece in zip(header, line.split(" | ")):
-            columns[name].append(piece.strip())
-    joined = {name: " ".join(p for p in pieces if p) for name, pieces in columns.items()}
+    # Each claim is a headline "[verdict] chapter · paper · n=… · profile", its text, and its details indented.
     assert len(saved) == 1, "rebuild per row when Chapter 0 has several claims"
-    assert joined["Claim"] == saved[0].claim and joined["Verdict"] == saved[0].verdict
-    assert joined["Profile"] == "smoke" and joined["Chapter"] == "Distillation in one notebook"
+    head = next(i for i, line in enumerate(lines) if line.startswith("[") and "Distillation in one notebook" in line)
+    assert lines[head].startswith(f"[{saved[0].verdict}] Distillation in one notebook · ")
+    assert lines[head].endswith(f"· n={saved[0].n} · smoke")
+    body = []
+    for line in lines[head + 1:]:
+        if not line.startswith("  ") or line.startswith("    "):
+            break
+        body.append(line.strip())
+    assert " ".join(body) == " ".join(saved[0].claim.split())
     total = sum(len(json.loads(book_pages.claims_path(notebooks.executed_path(c)).read_text())["claims"])
                 for c in notebooks.chapters())
     assert lines[-1].startswith(f"{total} claim{'s' if total != 1 else ''}: ")
@@ -262,7 +274,11 @@ def test_claims_page_links_back_to_the_ledger(site_html: Path, smoke_book):
     rows = rows[:len(saved)]  # Chapter 0 comes first, in _toc.yml's order
     for row, claim in zip(rows, saved):
         cells = [" ".join(td.get_text(" ").split()) for td in row.select("td")]
-        assert cells[2] == claim.claim and cells[5] == claim.verdict and cells[6] == "smoke"
+        assert cells[0].endswith(" ".join(claim.claim.split())) and cells[1].startswith(claim.verdict)
+        assert cells[1].endswith("smoke") and f"n = {claim.n if claim.n is not None else '—'}" in cells[1]
+        details = row.select_one("td details")
+        assert details is not None, "the numbers sit in a drop-down"
+        assert " ".join(claim.measured.split()) in " ".join(details.get_text(" ").split())
         link = row.select_one("td a[href]")
         assert " ".join(link.get_text().split()) == "Distillation in one notebook"
         target = urlparse(urljoin(f"http://site/{book_pages.CLAIMS_PAGE}.html", link["href"]))

@@ -1,9 +1,17 @@
-"""Statistics, result tables and the claim ledger."""
-from .claims import (CLAIMS_MIME, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS, Claim, Ledger,
-                     claims_in_notebook, ledger, verdict_for_improvement)
+"""Statistics, result tables, verdict rules (premises, resolution, family-wise control) and the claim ledger."""
+from .claims import CLAIMS_MIME, Claim, Ledger, claims_in_notebook, judged, ledger
 from .stats import PairedComparison, Summary, paired, summarize
 from .tables import by_method, paired_by_seed
+from .verdicts import (ALPHA, INCONCLUSIVE, MIN_PAIRS, NOT_REPRODUCED, OVERFIT_GAP, PREMISE_UNMET, REPRODUCED,
+                       TEACHER_MARGIN, VERDICTS, FamilyCount, Premise, Resolution, all_of, family_count, holm,
+                       overfits, p_value, resolution, resolution_note, seeds_to_resolve, teacher_beats_student,
+                       verdict_for_all, verdict_for_competitive, verdict_for_competitive_with_all,
+                       verdict_for_improvement, verdict_for_most)
 
-__all__ = ["Summary", "PairedComparison", "summarize", "paired", "Claim", "Ledger", "ledger",
-           "verdict_for_improvement", "claims_in_notebook", "CLAIMS_MIME", "REPRODUCED", "NOT_REPRODUCED",
-           "INCONCLUSIVE", "VERDICTS", "by_method", "paired_by_seed"]
+__all__ = ["Summary", "PairedComparison", "summarize", "paired", "Claim", "Ledger", "ledger", "judged",
+           "claims_in_notebook", "CLAIMS_MIME", "by_method", "paired_by_seed",
+           "ALPHA", "MIN_PAIRS", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "PREMISE_UNMET", "VERDICTS",
+           "TEACHER_MARGIN", "OVERFIT_GAP", "Premise", "teacher_beats_student", "overfits", "all_of",
+           "Resolution", "resolution", "resolution_note", "seeds_to_resolve", "p_value", "holm", "FamilyCount",
+           "family_count", "verdict_for_improvement", "verdict_for_all", "verdict_for_most",
+           "verdict_for_competitive", "verdict_for_competitive_with_all"]

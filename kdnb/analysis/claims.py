@@ -15,33 +15,11 @@ from typing import Any, Iterable
 import pandas as pd
 
 from .stats import PairedComparison
-
-REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
-INCONCLUSIVE = "inconclusive at this scale"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
-MIN_PAIRS = 3  # with two pairs the t-interval has one degree of freedom: too few to call a verdict
+from .verdicts import (INCONCLUSIVE, MIN_PAIRS, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, VERDICTS, Premise,
+                       resolution, resolution_note, verdict_for_improvement)
 
 CLAIMS_MIME = "application/vnd.kdnb.claims+json"  # the ledger's claims, as data, in the notebook's output
-CLAIMS_FORMAT = 1  # version of that payload
-
-
-def verdict_for_improvement(comparison: PairedComparison) -> str:
-    """Verdict on a claim "A improves on B" from the paired differences A − B.
-
-    Reproduced when the whole confidence interval is above zero, not reproduced when it is wholly below
-    zero (we measured the opposite), inconclusive otherwise. Also inconclusive: fewer than
-    ``MIN_PAIRS`` pairs, or pairs without any spread (identical differences give a zero-width interval that
-    says nothing about seed-to-seed variation, as happens when barely trained networks all predict one class).
-    """
-    d = comparison.difference
-    if d.n < MIN_PAIRS or not d.std > 0:
-        return INCONCLUSIVE
-    if d.ci_low > 0:
-        return REPRODUCED
-    if d.ci_high < 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+CLAIMS_FORMAT = 2  # version of that payload (2: premise, n, resolution, paper effect, note)
 
 
 @dataclass(frozen=True)
@@ -54,22 +32,74 @@ class Claim:
     claim: str
     paper: str  # what the source reports, quoted with its setting
     measured: str  # what this run of the book computed: mean ± std (n), or a paired difference with its CI
-    verdict: str  # REPRODUCED, NOT_REPRODUCED or INCONCLUSIVE
+    verdict: str  # one of VERDICTS
     setting: str = ""  # our scale: data, model pair, epochs, seeds
     source: str = ""  # key(s) in book/references.bib of the paper making the claim, comma-separated
+    premise: str = ""  # what must hold for the paper's mechanism to act, with this run's numbers
+    premise_held: bool | None = None  # None: the claim states no premise
+    n: int | None = None  # seeds (or pairs) behind the verdict
+    resolution: str = ""  # the smallest difference the design could detect, and how it is computed
+    paper_effect: str = ""  # the paper's effect, in the unit of our measurement
+    note: str = ""  # in words: an effect below the resolution, what scale would settle an open verdict
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {REPRODUCED!r}, {NOT_REPRODUCED!r}, {INCONCLUSIVE!r}")
+            raise ValueError(f"verdict must be one of {', '.join(map(repr, VERDICTS))}, got {self.verdict!r}")
+        if self.premise_held is False and self.verdict != PREMISE_UNMET:
+            raise ValueError(f"claim {self.claim!r}: its premise failed, so its verdict is {PREMISE_UNMET!r}, "
+                             f"not {self.verdict!r}")
+        if self.verdict == PREMISE_UNMET and self.premise_held is not False:
+            raise ValueError(f"claim {self.claim!r}: {PREMISE_UNMET!r} needs a premise that failed")
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Claim":
         """The inverse of :meth:`to_dict`; unknown keys (from a later format) are ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: str(v) for k, v in data.items() if k in names})
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in names:
+                continue
+            if k == "premise_held":
+                values[k] = None if v is None else bool(v)
+            elif k == "n":
+                values[k] = None if v is None else int(v)
+            else:
+                values[k] = str(v)
+        return cls(**values)
+
+    @property
+    def premise_text(self) -> str:
+        """``"— (none stated)"``, or the premise with "held" / "unmet"."""
+        if self.premise_held is None:
+            return self.premise or "—"
+        return f"{self.premise} — {'held' if self.premise_held else 'unmet'}"
+
+
+def judged(claim: str, paper: str, comparison: PairedComparison, *, paper_effect: float | None,
+           premise: Premise | None = None, verdict: str | None = None, unit: str = "points", setting: str = "",
+           source: str = "", family: int = 1, measured: str | None = None) -> Claim:
+    """A :class:`Claim` judged from one paired comparison (or a family's headline one), with its premise and
+    resolution filled in.
+
+    ``verdict`` defaults to :func:`~kdnb.analysis.verdicts.verdict_for_improvement` of ``comparison``; a failed
+    ``premise`` makes it :data:`PREMISE_UNMET` whatever the numbers say, and its ``remedy`` becomes the note.
+    ``paper_effect`` is the paper's difference in our unit (None when the paper gives none); ``family`` the
+    number of comparisons the verdict's rule corrects over (the resolution is that of one of them).
+    """
+    res = resolution(comparison, family=family)
+    verdict = verdict or verdict_for_improvement(comparison)
+    note = resolution_note(comparison, paper_effect, verdict, unit=unit, family=family)
+    if premise is not None and not premise.held:
+        verdict = PREMISE_UNMET
+        note = " ".join(x for x in (premise.remedy, note) if x)
+    return Claim(claim=claim, paper=paper, measured=measured or comparison.format(), verdict=verdict,
+                 setting=setting, source=source,
+                 premise="" if premise is None else f"{premise.requirement}: {premise.measured}",
+                 premise_held=None if premise is None else premise.held, n=res.n, resolution=res.format(unit),
+                 paper_effect="" if paper_effect is None else f"{paper_effect:+.2f} {unit}", note=note)
 
 
 def claims_payload(claims: Iterable[Claim]) -> dict:
@@ -103,8 +133,15 @@ class Ledger(pd.DataFrame):
                 CLAIMS_MIME: claims_payload(self.claims)}
 
 
+def _with(text: str, label: str, extra: str) -> str:
+    if not extra:
+        return text
+    return f"{text} ({label}: {extra})" if label else f"{text}. {extra}"
+
+
 def ledger(claims: list[Claim]) -> Ledger:
-    """A table with one row per claim: claim, the paper's number, ours, verdict, our setting.
+    """A table with one row per claim: claim, the paper's number (and effect), ours (and the design's
+    resolution), the premise (held or not), the verdict (and what would settle it), our setting.
 
     End a chapter's ledger cell with it: what the cell shows is also what the book's claims page and
     ``python -m kdnb claims`` list.
@@ -113,9 +150,11 @@ def ledger(claims: list[Claim]) -> Ledger:
     for c in claims:
         if not isinstance(c, Claim):
             raise TypeError(f"ledger() takes Claim objects, got {type(c).__name__}")
-    table = Ledger([{"Claim": c.claim, "The paper": c.paper, "We measured": c.measured,
-                     "Verdict": c.verdict, "Our setting": c.setting} for c in claims],
-                   columns=["Claim", "The paper", "We measured", "Verdict", "Our setting"])
+    table = Ledger([{"Claim": c.claim, "The paper": _with(c.paper, "effect", c.paper_effect),
+                     "We measured": _with(c.measured, "resolution", c.resolution),
+                     "Premise": c.premise_text, "Verdict": _with(c.verdict, "", c.note),
+                     "Our setting": c.setting} for c in claims],
+                   columns=["Claim", "The paper", "We measured", "Premise", "Verdict", "Our setting"])
     table.claims = tuple(claims)
     return table
 

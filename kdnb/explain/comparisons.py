@@ -23,9 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from .. import recipes, runs
-from ..analysis import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, PairedComparison, paired_by_seed,
-                        verdict_for_improvement)
-from ..analysis.claims import MIN_PAIRS
+from ..analysis import (PairedComparison, paired_by_seed, verdict_for_all, verdict_for_competitive,  # noqa: F401
+                        verdict_for_competitive_with_all, verdict_for_improvement)
 from ..profiles import Profile
 from ..runs import Run, RunSpec
 
@@ -393,49 +392,6 @@ def build(profile: Profile, number: int, model: str, train: Callable[[RunSpec], 
     order = {label: i for i, label in enumerate(spec_table.order(model))}
     frame = frame.sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c)
     return Comparison(spec_table, model, frame.reset_index(drop=True), results)
-
-
-# ------------------------------------------------------------------------------------------------ verdicts
-def _every(verdicts: Sequence[str]) -> str:
-    """A claim over several pairs: reproduced if every pair is, not reproduced if any is not, else inconclusive."""
-    if all(v == REPRODUCED for v in verdicts):
-        return REPRODUCED
-    if any(v == NOT_REPRODUCED for v in verdicts):
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
-
-
-def verdict_for_all(comparisons: Mapping[str, PairedComparison]) -> str:
-    """Verdict on "A improves on each of B1, B2, …" from the paired differences A − Bi: reproduced when every
-    one is (:func:`kdnb.analysis.verdict_for_improvement`), not reproduced when any one is not (A is measurably
-    worse than some Bi), inconclusive otherwise."""
-    if not comparisons:
-        raise ValueError("no comparisons to judge")
-    return _every([verdict_for_improvement(c) for c in comparisons.values()])
-
-
-def verdict_for_competitive(comparison: PairedComparison, margin: float) -> str:
-    """Verdict on "A is competitive with B" as non-inferiority within ``margin`` (accuracy points), from the
-    paired differences A − B: reproduced when the whole confidence interval lies above ``-margin`` (A is at
-    most ``margin`` worse), not reproduced when it lies wholly below ``-margin``, inconclusive otherwise, and
-    with fewer than three pairs or no spread (as :func:`kdnb.analysis.verdict_for_improvement`)."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    d = comparison.difference
-    if d.n < MIN_PAIRS or not d.std > 0:
-        return INCONCLUSIVE
-    if d.ci_low > -margin:
-        return REPRODUCED
-    if d.ci_high < -margin:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
-
-
-def verdict_for_competitive_with_all(comparisons: Mapping[str, PairedComparison], margin: float) -> str:
-    """:func:`verdict_for_competitive` against each competitor, combined as in :func:`verdict_for_all`."""
-    if not comparisons:
-        raise ValueError("no comparisons to judge")
-    return _every([verdict_for_competitive(c, margin) for c in comparisons.values()])
 
 
 def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
