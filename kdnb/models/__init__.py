@@ -27,6 +27,7 @@ from kdnb.models.alexnet_small import AlexNetSmall
 from kdnb.models.base import FeatureModel, Features
 from kdnb.models.cnn import CNN_CONFIGS, PlainCNN
 from kdnb.models.mlp import MLP
+from kdnb.models.mobilenet import MobileNet
 from kdnb.models.resnet_cifar import CifarResNet, blocks_per_stage
 from kdnb.models.resnet_fc import ResNetFC
 from kdnb.models.vgg import VGG, VGG_CONFIGS
@@ -35,6 +36,7 @@ from kdnb.models.wrn import WideResNet, blocks_per_group
 
 __all__ = [
     "MLP",
+    "MobileNet",
     "VGG",
     "VGGFC",
     "AlexNetSmall",
@@ -52,6 +54,7 @@ RESNET_DEPTHS = (8, 14, 20, 26, 32, 44, 56, 110)
 RESNET_FC_DEPTHS = (20, 56)
 WRN_NAMES = ("wrn-16-1", "wrn-16-2", "wrn-40-1", "wrn-40-2", "wrn-28-10")
 ALEXNET_SMALL = "alexnet_small"
+MOBILENET = "mobilenet"
 
 _RESNET_PATTERN = re.compile(r"resnet(\d+)")
 _RESNET_FC_PATTERN = re.compile(r"resnet(\d+)-fc")
@@ -68,7 +71,7 @@ def available() -> list[str]:
         + list(WRN_NAMES)
         + list(VGG_CONFIGS)
         + list(CNN_CONFIGS)
-        + ["mlp"]
+        + ["mlp", MOBILENET]
         + [ALEXNET_SMALL]
         + list(VGG_FC_CONFIGS)
         + [f"resnet{depth}-fc" for depth in RESNET_FC_DEPTHS]
@@ -77,7 +80,7 @@ def available() -> list[str]:
 
 def _choices() -> str:
     resnets = ", ".join(f"resnet{depth}" for depth in RESNET_DEPTHS)
-    others = ", ".join([*VGG_CONFIGS, *CNN_CONFIGS, "mlp", ALEXNET_SMALL, *VGG_FC_CONFIGS])
+    others = ", ".join([*VGG_CONFIGS, *CNN_CONFIGS, "mlp", MOBILENET, ALEXNET_SMALL, *VGG_FC_CONFIGS])
     resnet_fc = ", ".join(f"resnet{depth}-fc" for depth in RESNET_FC_DEPTHS)
     return (
         f"{resnets} (any resnet{{6n+2}}), wrn-d-k (e.g. {', '.join(WRN_NAMES)}), {others}, "
@@ -96,7 +99,8 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any
         **kwargs: family-specific options: ``dropout`` (wrn, mlp, alexnet_small,
             vgg*-fc, resnet*-fc; and resnet{6n+2} and cnn6/8/10, after each stage or
             conv group, Gu et al. 2020 §5.1); ``fc_width`` (alexnet_small, vgg*-fc,
-            resnet*-fc); ``image_size`` and ``hidden`` (mlp). VGG accepts none.
+            resnet*-fc); ``image_size`` and ``hidden`` (mlp); ``width`` (mobilenet: the width
+            multiplier α; alexnet_small, vgg*-fc, resnet*-fc: the conv trunk's). VGG accepts none.
 
     ``create(model.name, **model.config)`` rebuilds the same architecture.
 
@@ -134,6 +138,8 @@ def create(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any
         return _build(key, PlainCNN, (key,), common, kwargs)
     if key == "mlp":
         return _build(key, MLP, (), common, kwargs)
+    if key == MOBILENET:
+        return _build(key, MobileNet, (), common, kwargs)
     if key == ALEXNET_SMALL:
         return _build(key, AlexNetSmall, (), common, kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of: {_choices()}")
