@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_module.main(args.names, quick=args.quick)
         return 0
-    from . import notebooks, runs
+    from . import book_layout, runs
 
-    shutil.rmtree(notebooks.ROOT / "_build", ignore_errors=True)
+    shutil.rmtree(book_layout.ROOT / "_build", ignore_errors=True)
     if args.runs:
         shutil.rmtree(runs.runs_root(), ignore_errors=True)
     return 0

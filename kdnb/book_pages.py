@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import book_layout
 from .analysis.claims import VERDICTS, Claim, claims_from_payload, \
     claims_in_notebook, claims_payload
 
@@ -139,14 +140,12 @@ def record_run(chapter: Path, notebook: Path, seconds: float) -> None:
 
 
 def _record_run(chapter: Path, notebook_path: Path, seconds: float) -> None:
-    from . import notebooks
-
     notebook_path.parent.mkdir(parents=True, exist_ok=True)
     notebook = _read_notebook(notebook_path)
     parameters = (notebook or {}).get("metadata", {}).get("papermill", {}).get("parameters", {}) or {}
     finished = dt.datetime.now(dt.timezone.utc)
-    chapter_name = chapter.resolve().relative_to(notebooks.ROOT).as_posix() \
-        if chapter.resolve().is_relative_to(notebooks.ROOT) else chapter.name
+    chapter_name = chapter.resolve().relative_to(book_layout.ROOT).as_posix() \
+        if chapter.resolve().is_relative_to(book_layout.ROOT) else chapter.name
     run = {"chapter": chapter_name, "title": chapter_title(chapter), "notebook": notebook_path.name,
            "profile": _profile_of(parameters), "parameters": parameters,
            "started": (finished - dt.timedelta(seconds=seconds)).isoformat(timespec="seconds"),
@@ -180,11 +179,9 @@ def chapter_title(chapter: Path) -> str:
 
 def chapter_label(chapter: Path) -> str:
     """The MyST label the site puts on the section holding a chapter's ledger."""
-    from . import notebooks
-
     chapter = Path(chapter).resolve()
-    name = chapter.relative_to(notebooks.ROOT).with_suffix("").as_posix() \
-        if chapter.is_relative_to(notebooks.ROOT) else chapter.stem
+    name = chapter.relative_to(book_layout.ROOT).with_suffix("").as_posix() \
+        if chapter.is_relative_to(book_layout.ROOT) else chapter.stem
     return LABEL_PREFIX + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
@@ -200,9 +197,7 @@ class ChapterRecord:
 
     @property
     def docname(self) -> str:
-        from . import notebooks
-
-        return self.chapter.resolve().relative_to(notebooks.ROOT).with_suffix("").as_posix()
+        return self.chapter.resolve().relative_to(book_layout.ROOT).with_suffix("").as_posix()
 
     @property
     def profile(self) -> str:
@@ -236,11 +231,9 @@ def read_record(chapter: Path, notebook_path: Path) -> ChapterRecord:
 
 def gather() -> tuple[list[ChapterRecord], list[Path]]:
     """Every executed chapter of ``_toc.yml`` in reading order, and the chapters not executed yet."""
-    from . import notebooks
-
     records, missing = [], []
-    for chapter in notebooks.chapters():
-        executed = notebooks.executed_path(chapter)
+    for chapter in book_layout.chapters():
+        executed = book_layout.executed_path(chapter)
         if executed.exists():
             records.append(read_record(chapter, executed))
         else:
@@ -272,9 +265,7 @@ def _bibliography(path: str) -> dict[str, str]:
 
 def paper_name(source: str) -> str:
     """The citation keys of a claim, as "Hinton et al. 2015" (keys not in references.bib stay as they are)."""
-    from . import notebooks
-
-    names = _bibliography(str(notebooks.BOOK / "references.bib"))
+    names = _bibliography(str(book_layout.BOOK / "references.bib"))
     keys = [k.strip() for k in source.split(",") if k.strip()]
     return "; ".join(names.get(k, k) for k in keys) or "—"
 
@@ -383,13 +374,11 @@ def run_summary(records: list[ChapterRecord]) -> str:
 
 def print_claims(fmt: str = "text", stream=None) -> int:
     """``python -m kdnb claims``: every executed chapter's claims; 1 (and a hint) when nothing ran yet."""
-    from . import notebooks
-
     stream = stream or sys.stdout
     records, missing = gather()
-    where = notebooks.EXECUTED
+    where = book_layout.EXECUTED
     try:
-        where = where.relative_to(notebooks.ROOT)
+        where = where.relative_to(book_layout.ROOT)
     except ValueError:
         pass
     if not records:
@@ -413,7 +402,7 @@ def print_claims(fmt: str = "text", stream=None) -> int:
         elif not record.claims:
             print(f"note: {record.docname} recorded no claims.", file=stream)
     for chapter in missing:
-        print(f"note: {chapter.relative_to(notebooks.ROOT)} has not been executed yet.", file=stream)
+        print(f"note: {chapter.relative_to(book_layout.ROOT)} has not been executed yet.", file=stream)
     return 0
 
 
@@ -543,16 +532,13 @@ def _hide_injected_parameters(notebook) -> None:
 
 
 def stage(source: Path) -> None:
-    """Add the generated parts to the site's staged source folder (``notebooks._stage_site_source``)."""
+    """Add the generated parts to the site's staged source folder (``kdnb.notebooks._stage_site_source``)."""
     import nbformat
-
-    from . import notebooks
-
     source = Path(source)
     records, missing = gather()
     labelled = set()
     for record in records:
-        staged = source / record.chapter.resolve().relative_to(notebooks.ROOT).with_suffix(".ipynb")
+        staged = source / record.chapter.resolve().relative_to(book_layout.ROOT).with_suffix(".ipynb")
         if not staged.exists():
             continue
         notebook = nbformat.read(staged, as_version=4)

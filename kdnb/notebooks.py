@@ -16,58 +16,8 @@ from typing import Callable
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BOOK = ROOT / "book"
-# Where `kdnb run` writes the executed notebooks; KDNB_EXECUTED overrides it (a test runs the CLI into a tmp folder).
-EXECUTED = Path(os.environ.get("KDNB_EXECUTED") or ROOT / "_build" / "executed").resolve()
-SITE_SOURCE = ROOT / "_build" / "site-src"
-SITE = ROOT / "_build" / "site"
-
-
-def is_notebook(path: Path) -> bool:
-    """A MyST-Markdown page is a notebook when its front matter names a jupytext format and a kernel."""
-    head = path.read_text(encoding="utf-8")[:600]
-    return head.startswith("---") and "format_name: myst" in head and "kernelspec:" in head
-
-
-def toc_files() -> list[str]:
-    """Every page of ``_toc.yml`` in reading order (the root first), as written there: no suffix."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found: list[str] = [toc["root"]]
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return found
-
-
-def chapters() -> list[Path]:
-    """Every notebook page listed in ``_toc.yml``, in reading order."""
-    pages = [ROOT / f"{name}.md" for name in toc_files()]
-    return [p for p in pages if p.exists() and is_notebook(p)]
-
-
-def resolve(names: list[str]) -> list[Path]:
-    """Chapters matching ``names`` (a path, a file stem or a part of it); none means every chapter."""
-    every = chapters()
-    if not names:
-        return every
-    chosen = []
-    for name in names:
-        hits = [p for p in every if Path(name).resolve() == p or name in p.stem or name == str(p.relative_to(ROOT))]
-        if not hits:
-            raise SystemExit(f"no chapter matches {name!r}; chapters: {', '.join(p.stem for p in every)}")
-        chosen += [h for h in hits if h not in chosen]
-    return chosen
-
+from . import book_layout as layout
+from .book_pages import record_run, stage
 
 def kernel_environment() -> None:
     """Make papermill start this interpreter's kernel: a stale user-level ``python3`` kernelspec would win
@@ -76,12 +26,6 @@ def kernel_environment() -> None:
     if (share / "kernels" / "python3").exists():
         paths = [str(share)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
         os.environ["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(paths))
-
-
-def executed_path(chapter: Path) -> Path:
-    chapter = Path(chapter).resolve()
-    relative = chapter.relative_to(ROOT) if chapter.is_relative_to(ROOT) else Path(chapter.name)
-    return EXECUTED / relative.with_suffix(".ipynb")
 
 
 def _plain_text(text: str) -> str:
@@ -176,7 +120,7 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
     from .progress import FILE_VARIABLE, MODE_VARIABLE
 
     kernel_environment()
-    out = executed_path(chapter)
+    out = layout.executed_path(chapter)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = dict(parameters or {})
     if profile is not None:
@@ -206,7 +150,6 @@ def execute(chapter: Path, profile: str | None, parameters: dict | None = None,
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-            from .book_pages import record_run  # <chapter>.run.json and .claims.json beside the notebook
 
             record_run(chapter, out, time.perf_counter() - began)
 
@@ -231,7 +174,7 @@ class _ChapterProgress:
 
 
 def _shown(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return str(path.relative_to(layout.ROOT)) if path.is_relative_to(layout.ROOT) else str(path)
 
 
 def run(names: list[str], profile: str | None) -> int:
@@ -239,9 +182,9 @@ def run(names: list[str], profile: str | None) -> int:
     chapter below it (``KDNB_PROGRESS``); non-zero exit on any failure."""
     from . import profiles
 
-    chosen = resolve(names)
+    chosen = layout.resolve(names)
     profile_name = profiles.get(profile).name
-    print(f"kdnb run: {len(chosen)} chapter(s) at profile {profile_name!r} -> {_shown(EXECUTED)}/", flush=True)
+    print(f"kdnb run: {len(chosen)} chapter(s) at profile {profile_name!r} -> {_shown(layout.EXECUTED)}/", flush=True)
     failures = 0
     for i, chapter in enumerate(chosen, 1):
         head = f"[{i}/{len(chosen)}] {_shown(chapter)} ..."
@@ -261,7 +204,7 @@ def run(names: list[str], profile: str | None) -> int:
 
 # JavaScript and fonts the site serves itself (vendored from npm by `make vendor`, licences beside them), so that
 # pages need no network: MathJax 3 for equations, @jupyter-widgets/html-manager for explorers.
-VENDOR = BOOK / "_vendor"
+VENDOR = layout.BOOK / "_vendor"
 SITE_VENDOR = "vendor"  # their folder in the built site
 MATHJAX_JS = "tex-chtml-full.js"   # in _vendor/mathjax/
 WIDGETS_JS = "embed.js"            # in _vendor/html-manager/
@@ -273,10 +216,10 @@ def _serve_vendored(config: dict, name: str) -> str:
     copy relative to ``_static/``, the folder Sphinx resolves script paths against."""
     source = VENDOR / name
     if not source.is_dir():
-        raise SystemExit(f"cannot build the site: {source.relative_to(ROOT)} is missing (run `make vendor`)")
+        raise SystemExit(f"cannot build the site: {source.relative_to(layout.ROOT)} is missing (run `make vendor`)")
     # html_extra_path, not html_static_path: Jupyter Book adds every .js under a static path to every page
     # when the source has a _static/ folder.
-    extra = SITE_SOURCE / "_extra"
+    extra = layout.SITE_SOURCE / "_extra"
     shutil.copytree(source, extra / SITE_VENDOR / name)
     sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
     sphinx_config["html_extra_path"] = ["_extra"]
@@ -307,55 +250,54 @@ def _stage_site_source() -> Path:
     them without executing anything)."""
     import nbformat
 
-    if SITE_SOURCE.exists():
-        shutil.rmtree(SITE_SOURCE)
-    SITE_SOURCE.mkdir(parents=True)
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    if layout.SITE_SOURCE.exists():
+        shutil.rmtree(layout.SITE_SOURCE)
+    layout.SITE_SOURCE.mkdir(parents=True)
+    config = yaml.safe_load((layout.ROOT / "_config.yml").read_text())
     config["execute"] = dict(config.get("execute", {}), execute_notebooks="off")
     config["exclude_patterns"] = [p for p in config.get("exclude_patterns", []) if "ipynb" not in p
                                   or "checkpoints" in p]
     _bundle_mathjax(config)
     _bundle_widgets_js(config)
-    (SITE_SOURCE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    shutil.copy(ROOT / "_toc.yml", SITE_SOURCE / "_toc.yml")
+    (layout.SITE_SOURCE / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copy(layout.ROOT / "_toc.yml", layout.SITE_SOURCE / "_toc.yml")
     # literalinclude paths in pages are relative to the repository layout.
-    (SITE_SOURCE / "kdnb").symlink_to(ROOT / "kdnb", target_is_directory=True)
-    shutil.copytree(BOOK, SITE_SOURCE / "book",
+    (layout.SITE_SOURCE / "kdnb").symlink_to(layout.ROOT / "kdnb", target_is_directory=True)
+    shutil.copytree(layout.BOOK, layout.SITE_SOURCE / "book",
                     ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", VENDOR.name))
     problems = []
-    for chapter in chapters():
-        executed = executed_path(chapter)
-        staged = SITE_SOURCE / chapter.relative_to(ROOT)
+    for chapter in layout.chapters():
+        executed = layout.executed_path(chapter)
+        staged = layout.SITE_SOURCE / chapter.relative_to(layout.ROOT)
         if not executed.exists():
-            problems.append(f"{chapter.relative_to(ROOT)}: not executed yet (run `python -m kdnb run` first)")
+            problems.append(f"{chapter.relative_to(layout.ROOT)}: not executed yet (run `python -m kdnb run` first)")
             continue
         notebook = nbformat.read(executed, as_version=4)
         errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         if errors:
-            problems.append(f"{chapter.relative_to(ROOT)}: {errors[0]['ename']}: {errors[0]['evalue']}")
+            problems.append(f"{chapter.relative_to(layout.ROOT)}: {errors[0]['ename']}: {errors[0]['evalue']}")
         staged.unlink()
         shutil.copy(executed, staged.with_suffix(".ipynb"))
     if problems:
         raise SystemExit("cannot build the site:\n  " + "\n  ".join(problems))
-    from .book_pages import stage  # claims page, build info on the landing page, hidden parameters, code CSS
-
-    stage(SITE_SOURCE)
-    return SITE_SOURCE
+    stage(layout.SITE_SOURCE)
+    return layout.SITE_SOURCE
 
 
 def site(profile: str | None = None, execute_missing: bool = True) -> int:
     """``python -m kdnb site``: build the HTML book from the executed chapters (running any that are
     missing first); fails on any notebook error or build error."""
     if execute_missing:
-        missing = [c for c in chapters() if not executed_path(c).exists()]
+        missing = [c for c in layout.chapters() if not layout.executed_path(c).exists()]
         if missing and run([str(c) for c in missing], profile):
             return 1
     source = _stage_site_source()
-    if SITE.exists():
-        shutil.rmtree(SITE)
-    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(source), "--path-output", str(SITE)]
+    if layout.SITE.exists():
+        shutil.rmtree(layout.SITE)
+    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(source),
+               "--path-output", str(layout.SITE)]
     print("kdnb site:", " ".join(command), flush=True)
-    result = subprocess.run(command, cwd=ROOT)
+    result = subprocess.run(command, cwd=layout.ROOT)
     if result.returncode == 0:
-        print(f"kdnb site: open {SITE / '_build' / 'html' / 'index.html'}")
+        print(f"kdnb site: open {layout.SITE / '_build' / 'html' / 'index.html'}")
     return result.returncode

@@ -29,9 +29,9 @@ os.environ["KDNB_RUNS"] = str(_RUNS)
 os.environ["KDNB_PROGRESS"] = "off"
 os.environ.pop("MPLBACKEND", None)
 
-from kdnb import notebooks  # noqa: E402  (after the environment is set)
+from kdnb import book_layout, notebooks  # noqa: E402  (after the environment is set)
 
-TEST_BUILD = notebooks.ROOT / "_build" / "test"
+TEST_BUILD = book_layout.ROOT / "_build" / "test"
 SMOKE_CELL_TIMEOUT = 900  # seconds per cell; a smoke chapter takes about a minute in all
 
 
@@ -43,9 +43,9 @@ def pytest_unconfigure(config) -> None:
 def test_build_dirs():
     """Executed notebooks and the site of this session live under ``_build/test/``."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(notebooks, "EXECUTED", TEST_BUILD / "executed")
-        mp.setattr(notebooks, "SITE_SOURCE", TEST_BUILD / "site-src")
-        mp.setattr(notebooks, "SITE", TEST_BUILD / "site")
+        mp.setattr(book_layout, "EXECUTED", TEST_BUILD / "executed")
+        mp.setattr(book_layout, "SITE_SOURCE", TEST_BUILD / "site-src")
+        mp.setattr(book_layout, "SITE", TEST_BUILD / "site")
         yield TEST_BUILD
 
 
@@ -55,11 +55,11 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
 
     Shared by the notebook and the site tests, so each chapter runs once per session.
     """
-    executed = notebooks.EXECUTED
+    executed = book_layout.EXECUTED
     if executed.exists():
         shutil.rmtree(executed)  # a notebook left by an earlier session must not stand in for this one
     outcomes = {}
-    for chapter in notebooks.chapters():
+    for chapter in book_layout.chapters():
         began = time.perf_counter()
         try:
             outcomes[chapter] = notebooks.execute(chapter, "smoke", {"SHOW_WIDGETS": True},
@@ -68,7 +68,7 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
             outcomes[chapter] = notebooks.Outcome(chapter, time.perf_counter() - began,
                                                   f"execute() raised {type(error).__name__}: {error}\n"
                                                   + traceback.format_exc())
-        print(f"smoke run {chapter.relative_to(notebooks.ROOT)}: {outcomes[chapter].seconds:.0f} s"
+        print(f"smoke run {chapter.relative_to(book_layout.ROOT)}: {outcomes[chapter].seconds:.0f} s"
               + ("" if outcomes[chapter].error is None else " FAILED"))
     return outcomes
 
@@ -89,10 +89,10 @@ def smoke_site(smoke_book) -> Path:
     failed = {c: o for c, o in smoke_book.items() if o.error is not None}
     if failed:
         pytest.fail("cannot build the site, smoke runs failed (see test_notebooks):\n"
-                    + "\n".join(f"{c.relative_to(notebooks.ROOT)}: {o.error.splitlines()[0]}"
+                    + "\n".join(f"{c.relative_to(book_layout.ROOT)}: {o.error.splitlines()[0]}"
                                 for c, o in failed.items()), pytrace=False)
     assert notebooks.site(profile="smoke", execute_missing=False) == 0, "jupyter-book build failed"
-    return notebooks.SITE / "_build" / "html"
+    return book_layout.SITE / "_build" / "html"
 
 
 @pytest.fixture

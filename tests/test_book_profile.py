@@ -5,7 +5,7 @@ import nbformat
 import pytest
 
 import kdnb.analysis
-from kdnb import notebooks
+from kdnb import book_layout, notebooks
 
 from test_notebooks import glued
 
@@ -13,10 +13,10 @@ from test_notebooks import glued
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_distillation_chapter_at_book_profile():
-    chapter = next(c for c in notebooks.chapters() if c.stem == "distillation")
+    chapter = next(c for c in book_layout.chapters() if c.stem == "distillation")
     outcome = notebooks.execute(chapter, "book", {"SHOW_WIDGETS": False})
     assert outcome.error is None, outcome.error
-    values = glued(nbformat.read(notebooks.executed_path(chapter), as_version=4))
+    values = glued(nbformat.read(book_layout.executed_path(chapter), as_version=4))
     assert values["n_seeds"] == 3
     assert 80 < values["teacher_acc"] <= 100  # a ResNet-20 on 10,000 Fashion-MNIST images, 6 epochs
     # KD - CE as measured on two 2-core CPU machines of this project (torch 2.14.1, 2 threads): +1.12 points,

@@ -13,12 +13,12 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
-from kdnb import book_pages, notebooks
+from kdnb import book_layout, book_pages, notebooks
 from kdnb.__main__ import main
 from kdnb.analysis import (CLAIMS_MIME, INCONCLUSIVE, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, VERDICTS, Claim,
                            claims_in_notebook, ledger)
 
-ROOT = notebooks.ROOT
+ROOT = book_layout.ROOT
 CHAPTER0 = ROOT / "book" / "part0" / "distillation.md"
 
 KD = Claim("KD helps the student.", "+1.2 points (CIFAR-100)", "+0.30 ± 0.20 (n=3)", REPRODUCED,
@@ -175,7 +175,7 @@ def test_record_run_writes_both_files(tmp_path):
 
 
 def test_claims_command_before_any_run(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(notebooks, "EXECUTED", tmp_path / "executed")
+    monkeypatch.setattr(book_layout, "EXECUTED", tmp_path / "executed")
     assert main(["claims"]) == 1
     err = capsys.readouterr().err
     assert "no chapter has been executed yet" in err and "python -m kdnb run --profile smoke" in err
@@ -188,7 +188,7 @@ def chapter0_outcome(smoke_book):
     if outcome.error is not None:
         pytest.fail(f"the smoke run of Chapter 0 failed (see test_notebooks):\n{outcome.error[:2000]}",
                     pytrace=False)
-    return notebooks.executed_path(CHAPTER0)
+    return book_layout.executed_path(CHAPTER0)
 
 
 def test_smoke_run_saves_claims_and_run_info(smoke_book):
@@ -227,7 +227,7 @@ def test_claims_command_line(smoke_book):
     """The real command, in a fresh process, pointed at this session's executed notebooks."""
     executed = chapter0_outcome(smoke_book)
     saved = [Claim.from_dict(c) for c in json.loads(book_pages.claims_path(executed).read_text())["claims"]]
-    env = {**os.environ, "KDNB_EXECUTED": str(notebooks.EXECUTED), "COLUMNS": "160"}
+    env = {**os.environ, "KDNB_EXECUTED": str(book_layout.EXECUTED), "COLUMNS": "160"}
     result = subprocess.run([sys.executable, "-m", "kdnb", "claims"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -244,8 +244,8 @@ def test_claims_command_line(smoke_book):
             break
         body.append(line.strip())
     assert " ".join(body) == " ".join(saved[0].claim.split())
-    total = sum(len(json.loads(book_pages.claims_path(notebooks.executed_path(c)).read_text())["claims"])
-                for c in notebooks.chapters())
+    total = sum(len(json.loads(book_pages.claims_path(book_layout.executed_path(c)).read_text())["claims"])
+                for c in book_layout.chapters())
     assert lines[-1].startswith(f"{total} claim{'s' if total != 1 else ''}: ")
 
 
@@ -261,15 +261,15 @@ def site_html(smoke_book, smoke_site) -> Path:
 @pytest.mark.site
 @pytest.mark.timeout(1800)
 def test_claims_page_links_back_to_the_ledger(site_html: Path, smoke_book):
-    executed = notebooks.executed_path(CHAPTER0)
+    executed = book_layout.executed_path(CHAPTER0)
     saved = [Claim.from_dict(c) for c in json.loads(book_pages.claims_path(executed).read_text())["claims"]]
     page = site_html / f"{book_pages.CLAIMS_PAGE}.html"
     soup = BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
     table = soup.select_one("table.kdnb-claims")
     assert table is not None, "no claims table on the page"
     rows = table.select("tbody tr")
-    total = sum(len(json.loads(book_pages.claims_path(notebooks.executed_path(c)).read_text())["claims"])
-                for c in notebooks.chapters())
+    total = sum(len(json.loads(book_pages.claims_path(book_layout.executed_path(c)).read_text())["claims"])
+                for c in book_layout.chapters())
     assert len(rows) == total, "the page gathers every chapter's claims"
     rows = rows[:len(saved)]  # Chapter 0 comes first, in _toc.yml's order
     for row, claim in zip(rows, saved):
@@ -294,7 +294,7 @@ def test_claims_page_links_back_to_the_ledger(site_html: Path, smoke_book):
 @pytest.mark.site
 @pytest.mark.timeout(1800)
 def test_landing_page_states_the_build_and_chapters_hide_papermill_parameters(site_html: Path):
-    run = json.loads(book_pages.run_path(notebooks.executed_path(CHAPTER0)).read_text())
+    run = json.loads(book_pages.run_path(book_layout.executed_path(CHAPTER0)).read_text())
     index = BeautifulSoup((site_html / "book" / "index.html").read_text(encoding="utf-8"), "html.parser")
     text = " ".join(index.get_text(" ").split())
     assert "The numbers on this site" in text

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnb import distill, modules, probes, runs, storage
+from kdnb import book_layout, distill, modules, probes, runs, storage
 from kdnb.distill import Context, Stage
 from kdnb.runs import RunSpec
 from kdnb.train import NonFiniteLoss, Schedule, Trainer, epoch_seed
@@ -354,7 +354,7 @@ def test_part0_teacher_is_the_shared_recipe(smoke_book):
 
     chapter = next(c for c in smoke_book if c.stem == "distillation")
     assert smoke_book[chapter].error is None, smoke_book[chapter].error
-    values = glued(nbformat.read(notebooks.executed_path(chapter), as_version=4))
+    values = glued(nbformat.read(book_layout.executed_path(chapter), as_version=4))
     assert values["teacher_key"] == recipes.teacher(profiles.get("smoke"), model="resnet20").key()
 
 

@@ -15,10 +15,10 @@ import pytest
 
 import kdnb.analysis
 import kdnb.profiles
-from kdnb import notebooks
+from kdnb import book_layout, notebooks
 
-ROOT = notebooks.ROOT
-CHAPTERS = notebooks.chapters()
+ROOT = book_layout.ROOT
+CHAPTERS = book_layout.chapters()
 # Fixture set-up (every chapter at smoke) counts against the first test's timeout.
 SMOKE_TIMEOUT = 600 + 600 * len(CHAPTERS)
 
@@ -44,12 +44,12 @@ def test_there_are_chapters():
 
 
 def test_toc_pages_exist():
-    for name in notebooks.toc_files():
+    for name in book_layout.toc_files():
         assert (ROOT / f"{name}.md").exists(), f"_toc.yml lists {name}, but {name}.md does not exist"
 
 
 def test_every_page_is_in_the_toc():
-    listed = {(ROOT / f"{name}.md").resolve() for name in notebooks.toc_files()}
+    listed = {(ROOT / f"{name}.md").resolve() for name in book_layout.toc_files()}
     pages = sorted((ROOT / "book").rglob("*.md"))
     missing = [str(p.relative_to(ROOT)) for p in pages
                if p.resolve() not in listed and ".ipynb_checkpoints" not in p.parts]
@@ -58,10 +58,10 @@ def test_every_page_is_in_the_toc():
 
 def test_pages_with_code_cells_are_notebooks():
     """A page with ``{code-cell}`` but without jupytext front matter would silently not be executed."""
-    for name in notebooks.toc_files():
+    for name in book_layout.toc_files():
         page = ROOT / f"{name}.md"
         if "```{code-cell}" in page.read_text(encoding="utf-8"):
-            assert notebooks.is_notebook(page), f"{name}.md has code cells but no jupytext/kernelspec header"
+            assert book_layout.is_notebook(page), f"{name}.md has code cells but no jupytext/kernelspec header"
 
 
 def test_no_ipynb_is_tracked():
@@ -124,7 +124,7 @@ LITERALINCLUDE = re.compile(r"^(`{3,}|:{3,})\{literalinclude\}\s+(\S+)[ \t]*\n((
 
 def literalincludes() -> list[tuple[Path, str, dict[str, str]]]:
     found = []
-    for name in notebooks.toc_files():
+    for name in book_layout.toc_files():
         page = ROOT / f"{name}.md"
         for match in LITERALINCLUDE.finditer(page.read_text(encoding="utf-8")):
             options = dict(re.findall(r"^[ \t]*:([\w-]+):[ \t]*(.*?)[ \t]*$", match.group(3), re.MULTILINE))
@@ -319,7 +319,7 @@ def test_chapter_runs_at_smoke(chapter: Path, smoke_book):
     outcome = smoke_book[chapter]
     if outcome.error is not None:
         pytest.fail(f"{chapter.relative_to(ROOT)} failed at profile smoke:\n{outcome.error}", pytrace=False)
-    notebook = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    notebook = nbformat.read(book_layout.executed_path(chapter), as_version=4)
 
     injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1, "papermill injected no parameters cell"
@@ -434,7 +434,7 @@ def broken_chapter(tmp_path) -> Path:
 def test_failing_chapter_is_reported(broken_chapter: Path, tmp_path, monkeypatch):
     # executed_path() places the output relative to the repository; this chapter lives outside it.
     out = tmp_path / "executed" / "broken.ipynb"
-    monkeypatch.setattr(notebooks, "executed_path", lambda chapter: out)
+    monkeypatch.setattr(book_layout, "executed_path", lambda chapter: out)
     outcome = notebooks.execute(broken_chapter, "smoke")
     assert outcome.chapter == broken_chapter
     assert outcome.error is not None, "a chapter raising ZeroDivisionError was reported as a success"
@@ -451,9 +451,9 @@ def test_failing_chapter_is_reported(broken_chapter: Path, tmp_path, monkeypatch
 @pytest.mark.timeout(300)
 def test_runner_names_the_failing_chapter(broken_chapter: Path, tmp_path, monkeypatch, capsys):
     """``python -m kdnb run`` prints the chapter, FAILED, the error, and exits non-zero."""
-    monkeypatch.setattr(notebooks, "ROOT", tmp_path)
-    monkeypatch.setattr(notebooks, "EXECUTED", tmp_path / "_build" / "executed")
-    monkeypatch.setattr(notebooks, "chapters", lambda: [broken_chapter])
+    monkeypatch.setattr(book_layout, "ROOT", tmp_path)
+    monkeypatch.setattr(book_layout, "EXECUTED", tmp_path / "_build" / "executed")
+    monkeypatch.setattr(book_layout, "chapters", lambda: [broken_chapter])
     assert notebooks.run(["broken"], "smoke") == 1
     printed = strip_ansi(capsys.readouterr().out)
     assert "[1/1] broken.md ... FAILED" in printed
@@ -471,7 +471,7 @@ def test_dead_kernel_is_reported_not_raised(tmp_path, monkeypatch):
     """A kernel that dies (out of memory, a crash in native code) is a failed chapter like any other: the runner
     must report it and go on with the next chapter, not stop with nbclient's DeadKernelError."""
     chapter = chapter_with_cell(tmp_path, "import os\nos._exit(1)")
-    monkeypatch.setattr(notebooks, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
+    monkeypatch.setattr(book_layout, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
     outcome = notebooks.execute(chapter, "smoke")
     assert outcome.error is not None
     assert "died" in outcome.error.lower() or "DeadKernel" in outcome.error
@@ -480,7 +480,7 @@ def test_dead_kernel_is_reported_not_raised(tmp_path, monkeypatch):
 @pytest.mark.timeout(300)
 def test_cell_timeout_is_reported_not_raised(tmp_path, monkeypatch):
     chapter = chapter_with_cell(tmp_path, "import time\ntime.sleep(60)")
-    monkeypatch.setattr(notebooks, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
+    monkeypatch.setattr(book_layout, "executed_path", lambda c: tmp_path / "executed" / "chapter.ipynb")
     outcome = notebooks.execute(chapter, "smoke", timeout=3)
     assert outcome.error is not None
     assert "time" in outcome.error.lower()  # "timed out", "Timeout"

@@ -16,9 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kdnb import notebooks, progress
+from kdnb import book_layout, notebooks, progress
 
-ROOT = notebooks.ROOT
+ROOT = book_layout.ROOT
 METRICS = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.75, "test_acc": 0.5, "train_time_s": 1.0}
 EPOCH_LINE = re.compile(r"^\[((?:ce|kd):\S+ seed=\d+)\] epoch (\d+)/(\d+) loss=\S+ train_acc=\S+ test_acc=\S+ ",
                         re.MULTILINE)
@@ -122,7 +122,7 @@ def test_kernel_progress_reaches_the_runner_not_the_notebook(tmp_path, monkeypat
     chapter = tmp_path / "progress_chapter.md"
     chapter.write_text(KERNEL_CHAPTER, encoding="utf-8")
     out = tmp_path / "executed.ipynb"
-    monkeypatch.setattr(notebooks, "executed_path", lambda chapter: out)
+    monkeypatch.setattr(book_layout, "executed_path", lambda chapter: out)
     relayed: list[str] = []
     outcome = notebooks.execute(chapter, None, progress=relayed.append, timeout=240)
     assert outcome.error is None, outcome.error

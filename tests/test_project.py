@@ -195,3 +195,76 @@ def test_lab_viewer_name_is_registered_by_jupytext():
 def test_make_lab_installs_the_overrides_where_lab_reads_them():
     makefile = (ROOT / "Makefile").read_text()
     assert "cp .jupyter-lab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in makefile
+
+
+def kdnb_import_graph() -> dict[str, set[str]]:
+    """Module -> the kdnb modules it imports anywhere in its source (function-level imports included): a package
+    stands for its ``__init__``; ``from P import x`` names the module P.x where that is a module, else P."""
+    files = {".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): f
+             for f in (ROOT / "kdnb").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        names = {name for _, name in imported_modules(path.read_text(encoding="utf-8"), package_of(path))}
+        targets = set()
+        for name in names:
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        # "from P import x" yields both P and P.x: keep P only when no x of it is a module.
+        graph[module] = {t for t in targets if not any(o.startswith(t + ".") for o in targets)
+                         or t == "kdnb"}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module, except a package looping with its own
+    submodules (its __init__ gathers them)."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in graph.get(node, ()):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+
+    def own_package_loop(component: list[str]) -> bool:
+        packages = [m for m in component if any(o.startswith(m + ".") for o in component)]
+        return len(packages) == 1 and all(m == packages[0] or m.startswith(packages[0] + ".") for m in component) \
+            and packages[0] != "kdnb"
+
+    return [c for c in cycles if not own_package_loop(c)]
+
+
+def test_cycle_finder_on_a_made_up_graph():
+    graph = {"kdnb.a": {"kdnb.b"}, "kdnb.b": {"kdnb.a"}, "kdnb.p": {"kdnb.p.x"}, "kdnb.p.x": {"kdnb.p"},
+             "kdnb.c": {"kdnb.d"}, "kdnb.d": {"kdnb.e"}, "kdnb.e": {"kdnb.c"}, "kdnb.f": {"kdnb.a"}}
+    assert sorted(import_cycles(graph)) == [["kdnb.a", "kdnb.b"], ["kdnb.c", "kdnb.d", "kdnb.e"]]
+
+
+def test_no_import_cycles_between_kdnb_modules():
+    """The import graph is one-directional (chapters -> public API -> internals): no module reaches itself
+    (e.g. the runner and the generated pages: both read kdnb.book_layout; only the runner imports the pages)."""
+    bad = import_cycles(kdnb_import_graph())
+    assert not bad, "import cycles: " + "; ".join(" <-> ".join(c) for c in bad)
+    graph = kdnb_import_graph()
+    assert "kdnb.book_pages" in graph["kdnb.notebooks"] and "kdnb.notebooks" not in graph["kdnb.book_pages"]

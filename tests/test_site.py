@@ -27,12 +27,12 @@ import yaml
 from bs4 import BeautifulSoup
 from conftest import chromium
 
-from kdnb import notebooks
+from kdnb import book_layout, notebooks
 
 pytestmark = pytest.mark.site
 
-ROOT = notebooks.ROOT
-CHAPTERS = notebooks.chapters()
+ROOT = book_layout.ROOT
+CHAPTERS = book_layout.chapters()
 SITE_TIMEOUT = 900 + 600 * len(CHAPTERS)  # includes the smoke runs when this module runs alone
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREENSHOT_COPY = ROOT / "_build" / "site-screenshot.png"
@@ -40,7 +40,7 @@ BROWSER_TIMEOUT = 60
 
 
 def html_root() -> Path:
-    return notebooks.SITE / "_build" / "html"
+    return book_layout.SITE / "_build" / "html"
 
 
 def page_html(chapter: Path) -> Path:
@@ -171,7 +171,7 @@ def test_page_in_browser(path: str, chapter: Path | None, server: str, built_sit
         if local.read_bytes()[:8] == PNG_SIGNATURE:
             pngs.append(local)
     # Every figure the executed chapter holds is on the page (and every chapter has at least one).
-    executed = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    executed = nbformat.read(book_layout.executed_path(chapter), as_version=4)
     figures = sum("image/png" in o.get("data", {}) for c in executed.cells for o in c.get("outputs", []))
     assert len(pngs) >= max(figures, 1), f"{path}: {len(pngs)} PNG figures rendered; the notebook has {figures}"
 
@@ -437,7 +437,7 @@ def test_equations_typeset_offline(chapter: Path, scheme: str, server: str, buil
 
 def stored_frames(chapter: Path) -> set[bytes]:
     """Every image held in the widget state of the executed chapter (the explorers' precomputed frames)."""
-    notebook = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    notebook = nbformat.read(book_layout.executed_path(chapter), as_version=4)
     state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
     return {base64.b64decode(buffer["data"]) for model in state.get("state", {}).values()
             if model.get("model_name") == "ImageModel" for buffer in model.get("buffers", [])
@@ -445,7 +445,7 @@ def stored_frames(chapter: Path) -> set[bytes]:
 
 
 def explorer_count(chapter: Path) -> int:
-    notebook = nbformat.read(notebooks.executed_path(chapter), as_version=4)
+    notebook = nbformat.read(book_layout.executed_path(chapter), as_version=4)
     state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
     return sum("kdnb-explorer" in model.get("state", {}).get("_dom_classes", [])
                for model in state.get("state", {}).values())
@@ -531,7 +531,7 @@ def test_explorers_respond_offline(chapter: Path, scheme: str, server: str, buil
 def other_pages() -> list[str]:
     """Site paths of the pages of ``_toc.yml`` that are not notebook chapters (landing page, generated pages)."""
     chapters = {c.relative_to(ROOT).with_suffix("").as_posix() for c in CHAPTERS}
-    return [f"{name}.html" for name in notebooks.toc_files() if name not in chapters]
+    return [f"{name}.html" for name in book_layout.toc_files() if name not in chapters]
 
 
 @pytest.mark.timeout(SITE_TIMEOUT)
