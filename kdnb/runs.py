@@ -192,6 +192,10 @@ class RunSpec:
         method = distill.method_class(self.method)
         if method.requires_teacher and self.teacher is None:
             raise ValueError(f"run {self.label}: method {self.method!r} needs a teacher run (RunSpec.teacher)")
+        if method.part and self.teacher is not None and (self.model, self.model_args) != (
+                self.teacher.model, self.teacher.model_args):
+            raise ValueError(f"run {self.label}: a part run names its teacher's network as its model "
+                             f"({self.teacher.model!r}; use runs.part)")
         if not method.takes_teacher and self.teacher is not None:
             raise ValueError(f"run {self.label}: method {self.method!r} takes no teacher run")
         info = data.info(self.dataset)
@@ -229,6 +233,20 @@ def chain(*specs: RunSpec) -> list[RunSpec]:
     return linked
 
 
+def part(teacher: RunSpec, method: str, schedule: Schedule, method_args: dict | None = None,
+         seed: int = 0) -> RunSpec:
+    """The spec of a *part* trained on its own for ``teacher`` (a method with ``part = True``, e.g. the factor
+    auto-encoder of Huang et al. §3.1): the teacher's data, subset and augmentation, the teacher's network as the
+    run's model (no student is built, evaluated or saved), ``schedule`` and ``seed`` of its own. Other runs take
+    it as an input (``method_args={"autoencoder": part_spec}``); ``Run.network(name)`` returns the piece."""
+    if not distill.method_class(method).part:
+        raise ValueError(f"method {method!r} trains a student; runs.part is for parts (methods with part = True)")
+    return RunSpec(teacher.dataset, teacher.model, schedule, method=method, method_args=method_args or {},
+                   teacher=teacher, model_args=teacher.model_args, train_per_class=teacher.train_per_class,
+                   test_per_class=teacher.test_per_class, subset_seed=teacher.subset_seed, augment=teacher.augment,
+                   seed=seed)
+
+
 def runs_root() -> Path:
     """``$KDNB_RUNS``, else ``runs/`` at the repository root."""
     if os.environ.get("KDNB_RUNS"):
@@ -263,6 +281,8 @@ class Run:
         """The student after training (``epoch=None``) or at one of the schedule's checkpoints, in eval mode."""
         from . import device as default_device
 
+        if distill.method_class(self.spec.method).part:
+            raise ValueError(f"run {self.spec.label} trains a part, not a student: use Run.network(name)")
         path = self.path / "final.pt" if epoch is None else self.checkpoint_path(epoch)
         net = build_model(self.spec)
         net.load_state_dict(storage.load_torch(path)["student"])
@@ -274,7 +294,7 @@ class Run:
         checkpoint epoch."""
         from . import device as default_device
 
-        if name == "student":
+        if name == "student" and not distill.method_class(self.spec.method).part:
             return self.model(epoch, device)
         method = build_method(self.spec, teacher=_architecture(self.spec.teacher),
                               inputs={k: train_or_load(v, root=self.path.parent) for k, v in self.spec.inputs().items()})
@@ -285,7 +305,8 @@ class Run:
                              f"{', '.join(dict.fromkeys([*evaluated, *(c for c in children if c != 'student')]))}")
         if epoch is None:
             final = storage.load_torch(self.path / "final.pt")
-            method.load_state_dict({**{f"student.{k}": v for k, v in final["student"].items()}, **final["extras"]})
+            student = {f"student.{k}": v for k, v in (final["student"] or {}).items()}
+            method.load_state_dict({**student, **final["extras"]})
             network = evaluated.get(name, children.get(name))
         else:
             if name not in evaluated:
@@ -316,8 +337,12 @@ def _architecture(spec: RunSpec | None) -> nn.Module | None:
 
 
 def build_method(spec: RunSpec, teacher: nn.Module | None, inputs: dict[str, "Run"]) -> distill.Method:
-    """The method of ``spec`` around a fresh student, with its teacher network and its input runs."""
+    """The method of ``spec`` around a fresh student (none for a part), with its teacher network and its input
+    runs. The torch RNG is seeded from ``spec.seed`` before the method builds its own modules too."""
     arguments = {k: inputs[k] if isinstance(v, RunSpec) else v for k, v in spec.method_args}
+    if distill.method_class(spec.method).part:
+        torch.manual_seed(spec.seed)
+        return distill.create(spec.method, None, teacher, **arguments)
     return distill.create(spec.method, build_model(spec), teacher, **arguments)
 
 
@@ -402,7 +427,8 @@ def _obtain(spec: RunSpec, root: Path, device: torch.device | str | None, force:
         history = trainer.fit()
         # The student's weights once; everything else the method trained (e.g. DML's peer) beside them.
         extras = {k: v for k, v in method.state_dict().items() if not k.startswith("student.")}
-        storage.save_torch({"student": method.student.state_dict(), "extras": extras}, path / "final.pt")
+        student = method.student.state_dict() if method.student is not None else None  # a part has none
+        storage.save_torch({"student": student, "extras": extras}, path / "final.pt")
         if spec.probes:
             storage.save_torch(trainer.series(), path / "series.pt")
         final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import storage
-from .distill.base import Context, Method, Stage, Update
+from .distill.base import Context, Method, Stage, Update, check_updates
 from .modules import Freeze, parameters_under, under_any
 from .progress import log_epoch, progress_bar
 
@@ -204,7 +204,10 @@ class Trainer:
     """Train ``method`` on ``train`` batches following ``schedule``.
 
     ``train``/``evaluation`` are :class:`kdnb.data.TensorBatches` (anything with ``batches(epoch, seed)`` and
-    ``len``). With ``run_dir`` the trainer writes ``state.pt`` after every epoch (resume point) and
+    ``len``). When ``train`` can also say which samples each batch holds (``plan(epoch, seed).order``,
+    ``batch_size``, ``labels``), each step's :class:`Context` carries their indices, the training set's size and
+    its labels. Every trainable parameter must belong to exactly one of the method's updates
+    (:func:`kdnb.distill.base.check_updates`, checked here before anything trains). With ``run_dir`` the trainer writes ``state.pt`` after every epoch (resume point) and
     ``ckpt/step_XXXXXXXX.pt`` at ``schedule.checkpoints``; a fresh ``fit`` on the same directory resumes.
     ``on_epoch_end(metrics)`` is called with each epoch's metrics dict. ``check_every`` steps, the trainer reads
     the device to stop on a non-finite loss (default: every step on the CPU, where reading costs nothing; 50
@@ -234,6 +237,7 @@ class Trainer:
         self.history: list[dict] = []
         for stage, _, _ in self.plan:  # a typo in a frozen prefix fails here, before anything trains
             parameters_under(method, stage.frozen)
+        check_updates(method)  # a module no update lists would silently never train
         for probe in self.probes:
             probe.attach(method)
 
@@ -292,8 +296,10 @@ class Trainer:
         if self.run_dir is None or step not in self.checkpoint_steps:
             return
         networks = self.method.evaluated()
+        student = self.method.student
         storage.save_torch({
-            "epoch": self.checkpoint_steps[step], "step": step, "student": self.method.student.state_dict(),
+            "epoch": self.checkpoint_steps[step], "step": step,
+            "student": student.state_dict() if student is not None else None,
             "networks": {name: net.state_dict() for name, net in networks.items() if name},
         }, self.run_dir / "ckpt" / checkpoint_name(step))
 
@@ -304,6 +310,18 @@ class Trainer:
             if hasattr(probe, "series"):
                 out.update(probe.series())
         return out
+
+    def _sample_indices(self, epoch: int) -> Iterator[Tensor | None]:
+        """Each batch's sample indices in the training set (one host-to-device copy per epoch), or None forever
+        when the batches cannot say."""
+        train = self.train_batches
+        if not all(hasattr(train, a) for a in ("plan", "batch_size", "labels")):
+            while True:
+                yield None
+        order = train.plan(epoch, self.seed).order.to(self.device)
+        size = train.batch_size
+        for step in range(len(train)):
+            yield order[step * size:(step + 1) * size]
 
     # -------------------------------------------------------------------------------------- training
     def fit(self) -> list[dict]:
@@ -349,21 +367,27 @@ class Trainer:
         weights = dict(stage.weights)
         term_sums: dict[str, Tensor] = {}
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        count = 0
+        count, classified = 0, False
         began = time.perf_counter()
+        labels = getattr(self.train_batches, "labels", None)
+        num_samples = getattr(self.train_batches, "num_samples", None)
+        sample_indices = self._sample_indices(epoch)
         for step, (x, y) in enumerate(self.train_batches.batches(epoch, self.seed)):
             global_step = epoch * steps + step
             stage_progress = ((epoch - first) * steps + step) / (length * steps)
             progress = global_step / run_steps
             lr = self.schedule.lr_at(stage_progress if stage.restart_schedule else progress) * stage.lr_scale
-            context = Context(stage, epoch, step, global_step, progress, stage_progress, lr)
+            indices = next(sample_indices)
+            context = Context(stage, epoch, step, global_step, progress, stage_progress, lr, indices,
+                              num_samples if indices is not None else None, labels if indices is not None else None)
             batch = y.numel()
             for index, (update, optimizer) in enumerate(optimizers):
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 logits, terms = self.method.update_losses(update.name, x, y, context)
-                if index == 0:  # training accuracy is the first update's network (the student)
+                if index == 0 and logits is not None:  # training accuracy: the first update's network (student)
                     correct += (logits.detach().argmax(1) == y).sum()
+                    classified = True
                 terms = {k: v if weights.get(k, 1.0) == 1.0 else weights[k] * v
                          for k, v in terms.items() if stage.uses(k)}
                 if not terms:
@@ -387,7 +411,8 @@ class Trainer:
         sums = {k: v.item() / count for k, v in term_sums.items()}
         metrics["train_loss"] = sum(sums.values())
         metrics.update({f"train_{k}": v for k, v in sums.items()})
-        metrics["train_acc"] = correct.item() / count
+        if classified:  # a part (an auto-encoder) classifies nothing
+            metrics["train_acc"] = correct.item() / count
         if self.evaluation is not None:
             for name, network in self.method.evaluated().items():
                 result = evaluate(network, self.evaluation.batches(0, 0))
@@ -401,6 +426,7 @@ class Trainer:
                     f"{self.desc}: metric {name!r} = {value!r} is a {type(value).__module__}."
                     f"{type(value).__qualname__}, which the run cache cannot store; return a plain float, int "
                     "or str (e.g. float(x)) from the method or probe that made it")
+        accuracy = metrics.get("test_acc", metrics.get("train_acc"))
         bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['train_loss']:.3f}",
-                        acc=f"{metrics.get('test_acc', metrics['train_acc']):.3f}")
+                        **({"acc": f"{accuracy:.3f}"} if accuracy is not None else {}))
         return metrics

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Context, Method
-from .hints import feature_shapes
+from .features import layer_pairs, match_size
 from .kd import check_hinton, hinton_terms
 
 
@@ -21,11 +21,15 @@ def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
 def attention_loss(student_feature: Tensor, teacher_feature: Tensor, p: float = 2.0) -> Tensor:
     """One layer's :math:`\\|Q_S/\\|Q_S\\|_2 - Q_T/\\|Q_T\\|_2\\|^2`, **averaged** over the batch and the H*W positions
     (the official code's reduction, which the paper's β = 1000 is tuned for; Eq. 2 writes the unsquared norm
-    per sample, see ``szagoruyko/attention-transfer#34``). Spatial sizes must agree."""
-    if student_feature.shape[2:] != teacher_feature.shape[2:]:
-        raise ValueError(f"attention maps need equal spatial sizes: student {tuple(student_feature.shape[2:])}, "
-                         f"teacher {tuple(teacher_feature.shape[2:])}")
-    return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
+    per sample, see ``szagoruyko/attention-transfer#34``).
+
+    Maps of different spatial size (a cross-family pair, :mod:`.features` rule 2) meet at the smaller size: the
+    larger map's channel mean of :math:`|A|^p` is average-pooled to it before the normalisation."""
+    if student_feature.shape[2:] == teacher_feature.shape[2:]:
+        return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
+    energy_s, energy_t = match_size(student_feature.abs().pow(p).mean(dim=1, keepdim=True),
+                                    teacher_feature.abs().pow(p).mean(dim=1, keepdim=True))
+    return (F.normalize(energy_s.flatten(1), dim=1) - F.normalize(energy_t.flatten(1), dim=1)).pow(2).mean()
 
 
 class AttentionTransfer(Method):
@@ -34,8 +38,10 @@ class AttentionTransfer(Method):
     :math:`\\mathcal{L} = (1-\\alpha)\\,\\mathrm{CE} + \\alpha T^2 \\mathrm{KL} + \\frac{\\beta}{2} \\sum_j
     \\mathrm{mean}\\big(Q_S^j/\\|Q_S^j\\|_2 - Q_T^j/\\|Q_T^j\\|_2\\big)^2`
 
-    over the pairs of same-named features ``layers`` (the three stage outputs, as the paper and Gu et al. §5.3;
-    equal spatial sizes, checked when the method is built). β = 1000 and p = 2 are the paper's; its β/2
+    over the feature pairs ``layers`` (the three stage outputs, as the paper and Gu et al. §5.3). ``layers``
+    holds names (the same feature on both sides), ``(student, teacher)`` pairs, or is ``"stages"``: the
+    cross-family pairing of :func:`.features.stage_pairs` (each teacher stage output with the student's of its
+    size, e.g. WRN → VGG); maps of different sizes meet at the smaller (:func:`attention_loss`). β = 1000 and p = 2 are the paper's; its β/2
     factor is kept, with the official code's mean over batch and positions (:func:`attention_loss`).
     ``alpha=0.9``, T = 4 are Gu et al.'s (a 0.1 CE weight, §5.3); ``alpha=0`` is AT with cross-entropy.
     Terms ``"at"``, ``"kd"`` (if alpha > 0), ``"ce"``.
@@ -48,20 +54,10 @@ class AttentionTransfer(Method):
                  temperature: float = 4.0, alpha: float = 0.9) -> None:
         super().__init__(student, teacher)
         check_hinton(temperature, alpha)
-        if isinstance(layers, str):
-            layers = (layers,)
-        self.layers = tuple(layers)
-        if not self.layers:
-            raise ValueError("layers names at least one feature to transfer attention at")
         if beta < 0 or p <= 0:
             raise ValueError(f"beta must be >= 0 and p > 0, got beta={beta}, p={p}")
         self.beta, self.p, self.temperature, self.alpha = float(beta), float(p), float(temperature), float(alpha)
-        student_shapes = feature_shapes(student, self.layers)
-        teacher_shapes = feature_shapes(teacher, self.layers)
-        wrong = [f"{n}: student {student_shapes[n][1:]}, teacher {teacher_shapes[n][1:]}"
-                 for n in self.layers if student_shapes[n][1:] != teacher_shapes[n][1:]]
-        if wrong:
-            raise ValueError("attention transfer pairs maps of equal spatial size; these differ: " + "; ".join(wrong))
+        self.pairs = layer_pairs(student, teacher, layers)
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
@@ -72,10 +68,9 @@ class AttentionTransfer(Method):
             logits, features = self.student(x), {}
         teacher_logits, teacher_features = None, {}
         if needs_teacher:
-            with torch.no_grad():
-                teacher_logits, teacher_features = self.teacher.forward_features(x)
+            teacher_logits, teacher_features = self.teacher_features(x)
         terms = hinton_terms(logits, teacher_logits if self.alpha > 0 else None, y, self.temperature, self.alpha)
         if context.uses("at"):
-            terms["at"] = self.beta / 2 * sum(attention_loss(features[n], teacher_features[n], self.p)
-                                              for n in self.layers)
+            terms["at"] = self.beta / 2 * sum(attention_loss(features[s], teacher_features[t], self.p)
+                                              for s, t in self.pairs)
         return logits, terms

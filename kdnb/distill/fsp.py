@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Context, Method, Stage
-from .hints import check_share, feature_shapes, kd_stage_terms, prefixes_above, stage_epochs
-from .kd import check_hinton
+from .base import Context, Method, Stage, check_share, stage_epochs
+from .features import feature_shapes, prefixes_above
+from .kd import check_hinton, kd_stage_terms
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:

@@ -1,80 +1,16 @@
 """FitNets (Romero et al. 2015): a student's middle layer is first fitted to a teacher's "hint" through a
-regressor, then the whole student is trained with Hinton et al.'s KD. Also the pieces the feature-based methods
-share (:mod:`.attention`, :mod:`.fsp`): feature shapes from a probe, the part of a student above a feature, and
-a stage's share of the run (the Hinton KD terms are :func:`.kd.hinton_terms`)."""
+regressor, then the whole student is trained with Hinton et al.'s KD. (The feature helpers the feature-based
+methods share are in :mod:`.features`; a first stage's share of the run in :mod:`.base`; the Hinton terms of a
+two-stage method's second stage in :mod:`.kd`.)"""
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.base import collapse_prefixes
-from ..modules import under_any
-from .base import Context, Method, Stage
-from .kd import check_hinton, hinton_terms
-
-PROBE_SIZE = 32  # a probe image's side; CIFAR's 32 px and Fashion-MNIST's 28 px give the same size ratios
-
-
-def feature_shapes(net: nn.Module, names: Iterable[str], size: int = PROBE_SIZE) -> dict[str, tuple[int, ...]]:
-    """Shapes ``(C, H, W)`` of features ``names`` of ``net`` for a ``size``-px probe (eval mode, no gradient:
-    no BatchNorm statistic moves and no random number is drawn). An unknown name is an error listing the
-    features."""
-    names = list(names)
-    known = getattr(net, "feature_names", ())
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise ValueError(f"{getattr(net, 'name', type(net).__name__)} has no feature {', '.join(map(repr, missing))}; "
-                         f"its features are: {', '.join(known)}")
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            device = next(net.parameters()).device
-            probe = torch.zeros(2, net.config["in_channels"], size, size, device=device)
-            features = net.forward_features(probe)[1]
-    finally:
-        net.train(was_training)
-    return {n: tuple(features[n].shape[1:]) for n in names}
-
-
-def prefixes_above(model: nn.Module, feature: str) -> tuple[str, ...]:
-    """Module prefixes of ``model`` whose parameters do *not* compute ``feature``: what a stage that trains the
-    network up to ``feature`` freezes (the complement of ``model.prefixes_up_to(feature)``)."""
-    needed = model.prefixes_up_to(feature)
-    owners = {name.rsplit(".", 1)[0] for name, _ in model.named_parameters() if not under_any(name, needed)}
-    return collapse_prefixes(model, owners)
-
-
-def kd_stage_terms(method: Method, logits: Tensor, x: Tensor, y: Tensor, context: Context) -> dict[str, Tensor]:
-    """The Hinton terms of a two-stage feature method (FitNets, FSP) in the current stage: none in a stage that sums
-    neither ``ce`` nor ``kd``; the teacher runs only when the stage sums ``kd`` and ``method.alpha > 0``."""
-    if not (context.uses("ce") or context.uses("kd")):
-        return {}
-    teacher_logits = method.teacher_logits(x) if method.alpha > 0 and context.uses("kd") else None
-    return hinton_terms(logits, teacher_logits, y, method.temperature, method.alpha)
-
-
-def stage_epochs(share: float, epochs: int, what: str) -> int:
-    """Epochs of a first stage that takes ``share`` of a run of ``epochs``: rounded, at least one, and at least
-    one left for the second stage (so a run needs two epochs)."""
-    if epochs < 2:
-        raise ValueError(f"{what} has two stages and needs at least 2 epochs; the schedule has {epochs}")
-    return min(max(round(share * epochs), 1), epochs - 1)
-
-
-def check_share(share: float, name: str) -> float:
-    if not 0.0 < share < 1.0:
-        raise ValueError(f"{name} is the first stage's share of the run's epochs, in (0, 1); got {share}")
-    return float(share)
-
-
-def signed(feature: str) -> bool:
-    """Whether a feature can be negative under the models' naming convention (``X.pre`` before a ReLU, a WRN's
-    raw ``.sum``, the logits); other conv features (``stageK``, ``convJ``) are ReLU outputs."""
-    return feature == "logits" or feature.endswith(".pre") or feature.endswith(".sum")
+from .base import Context, Method, Stage, check_share, stage_epochs
+from .features import feature_shapes, prefixes_above, signed
+from .kd import check_hinton, kd_stage_terms
 
 
 class Regressor(nn.Module):

@@ -42,6 +42,15 @@ def hinton_terms(logits: Tensor, teacher_logits: Tensor | None, y: Tensor, tempe
     return terms
 
 
+def kd_stage_terms(method: Method, logits: Tensor, x: Tensor, y: Tensor, context: Context) -> dict[str, Tensor]:
+    """The Hinton terms of a two-stage feature method (FitNets, FSP) in the current stage: none in a stage that sums
+    neither ``ce`` nor ``kd``; the teacher runs only when the stage sums ``kd`` and ``method.alpha > 0``."""
+    if not (context.uses("ce") or context.uses("kd")):
+        return {}
+    teacher_logits = method.teacher_logits(x) if method.alpha > 0 and context.uses("kd") else None
+    return hinton_terms(logits, teacher_logits, y, method.temperature, method.alpha)
+
+
 def check_hinton(temperature: float, alpha: float) -> None:
     """ValueError for a non-positive temperature or an ``alpha`` outside [0, 1]."""
     if temperature <= 0:
