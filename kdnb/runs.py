@@ -278,13 +278,15 @@ class Run:
         return self.path / "ckpt" / checkpoint_name(step_of(epoch, self.metrics["steps_per_epoch"]))
 
     def model(self, epoch: float | None = None, device: torch.device | str | None = None) -> nn.Module:
-        """The student after training (``epoch=None``) or at one of the schedule's checkpoints, in eval mode."""
+        """The student after training (``epoch=None``) or at one of the schedule's checkpoints, in eval mode.
+        (Loading leaves the caller's torch random stream as it was.)"""
         from . import device as default_device
 
         if distill.method_class(self.spec.method).part:
             raise ValueError(f"run {self.spec.label} trains a part, not a student: use Run.network(name)")
         path = self.path / "final.pt" if epoch is None else self.checkpoint_path(epoch)
-        net = build_model(self.spec)
+        with torch.random.fork_rng(devices=[]):  # loading a run leaves the caller's random stream as it was
+            net = build_model(self.spec)
         net.load_state_dict(storage.load_torch(path)["student"])
         return net.to(device if device is not None else default_device()).eval()
 
@@ -296,8 +298,12 @@ class Run:
 
         if name == "student" and not distill.method_class(self.spec.method).part:
             return self.model(epoch, device)
-        method = build_method(self.spec, teacher=_architecture(self.spec.teacher),
-                              inputs={k: train_or_load(v, root=self.path.parent) for k, v in self.spec.inputs().items()})
+        # Loading a run leaves the caller's random stream as it was: a method that loads an input run while it
+        # builds its own modules must not have their initialisation reseeded by the input's seed.
+        with torch.random.fork_rng(devices=[]):
+            method = build_method(self.spec, teacher=_architecture(self.spec.teacher),
+                                  inputs={k: train_or_load(v, root=self.path.parent)
+                                          for k, v in self.spec.inputs().items()})
         evaluated = {k: v for k, v in method.evaluated().items() if k}
         children = dict(method.named_children())
         if name not in evaluated and name not in children:

@@ -16,6 +16,7 @@ from .base import Context, Method, Stage, Update
 from .born_again import BornAgain
 from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
                              cwtm_weights, dkpp_permute, permute_except, teacher_confidence, weighted_cross_entropy)
+from .factor import FT, AutoEncoder, FactorAutoencoder, coder, factor_distance, reconstruction_loss
 from .fsp import FSP, fsp_loss, fsp_matrix
 from .hints import FitNets
 from .introspective import LE, LEPermut, le_targets
@@ -32,6 +33,8 @@ METHODS.update({"le": LE, "le_permut": LEPermut})
 # Part III (§5.1-5.3) baselines, reused by Part II: regularisers, born-again networks, FitNets, AT, FSP.
 METHODS.update({"ls": LabelSmoothing, "cp": ConfidencePenalty, "ban": BornAgain, "hint": FitNets,
                 "at": AttentionTransfer, "fsp": FSP})
+# Part II (Huang et al. 2021, IE-KD): the teacher's factor auto-encoder (a part run, §3.1) and factor transfer.
+METHODS.update({"autoencoder": AutoEncoder, "ft": FT})
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
 
@@ -40,7 +43,8 @@ __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS",
            "cwtm_permut_weights", "cwtm_random_confidence", "weighted_cross_entropy", "dkpp_permute",
            "permute_except", "LE", "LEPermut", "le_targets", "LabelSmoothing", "ConfidencePenalty",
            "smoothed_targets", "entropy", "BornAgain", "FitNets", "hinton_terms", "AttentionTransfer",
-           "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss"]
+           "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss", "AutoEncoder", "FT",
+           "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss"]
 
 
 def available() -> list[str]:
