@@ -19,6 +19,8 @@ from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_wei
 from .factor import FT, AutoEncoder, FactorAutoencoder, coder, factor_distance, reconstruction_loss
 from .fsp import FSP, fsp_loss, fsp_matrix
 from .hints import FitNets
+from .inheritance import (IEAT, IEDML, IEFT, IEKD, IEOD, ChannelSplit, attention_energy, cka_similarity,
+                          ie_losses)
 from .introspective import LE, LEPermut, le_targets
 from .kd import CE, KD, hinton_terms, kd_divergence, soft_targets
 from .mimic import Mimic
@@ -35,6 +37,8 @@ METHODS.update({"ls": LabelSmoothing, "cp": ConfidencePenalty, "ban": BornAgain,
                 "at": AttentionTransfer, "fsp": FSP})
 # Part II (Huang et al. 2021, IE-KD): the teacher's factor auto-encoder (a part run, §3.1) and factor transfer.
 METHODS.update({"autoencoder": AutoEncoder, "ft": FT})
+# Part II: inheritance and exploration (§3.2, §4.2) and its mutual-learning form (§3.3).
+METHODS.update({"ie_ft": IEFT, "ie_at": IEAT, "ie_od": IEOD, "ie_dml": IEDML})
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
 
@@ -44,7 +48,8 @@ __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS",
            "permute_except", "LE", "LEPermut", "le_targets", "LabelSmoothing", "ConfidencePenalty",
            "smoothed_targets", "entropy", "BornAgain", "FitNets", "hinton_terms", "AttentionTransfer",
            "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss", "AutoEncoder", "FT",
-           "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss"]
+           "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss", "IEKD", "IEFT", "IEAT", "IEOD",
+           "IEDML", "ChannelSplit", "ie_losses", "attention_energy", "cka_similarity"]
 
 
 def available() -> list[str]:

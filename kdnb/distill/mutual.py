@@ -11,6 +11,21 @@ from .base import Context, Method, Update
 from .kd import kd_divergence
 
 
+def make_peer(student: nn.Module, peer: str | None, method: str) -> nn.Module:
+    """The peer network of a mutual-learning method, freshly initialised from the torch RNG: ``peer`` omitted or
+    the student's architecture gets the student's model options too (dropout, width), another architecture only
+    the student's class and channel counts."""
+    config = dict(getattr(student, "config", {}))
+    name = peer or getattr(student, "name", None)
+    if name is None:
+        raise ValueError(f"{method} needs a peer model name (method_args={{'peer': 'resnet20'}})")
+    if name.strip().lower() == str(getattr(student, "name", "")).lower():
+        options = config
+    else:
+        options = {"num_classes": config.get("num_classes", 10), "in_channels": config.get("in_channels", 3)}
+    return models.create(name, **options)
+
+
 class DML(Method):
     """Zhang et al. (2018), Eq. 10–11: each network minimises
     :math:`\\mathrm{CE}(y, p_k) + \\lambda D_{KL}(p_{\\text{other}} \\| p_k)`, λ = ``weight`` (1 in the DML paper;
@@ -33,15 +48,7 @@ class DML(Method):
         super().__init__(student, None)
         if teacher is not None:
             raise ValueError("DML trains its peer alongside the student; it takes no teacher run")
-        config = dict(getattr(student, "config", {}))
-        name = peer or getattr(student, "name", None)
-        if name is None:
-            raise ValueError("DML needs a peer model name (method_args={'peer': 'resnet20'})")
-        if name.strip().lower() == str(getattr(student, "name", "")).lower():
-            options = config
-        else:
-            options = {"num_classes": config.get("num_classes", 10), "in_channels": config.get("in_channels", 3)}
-        self.peer = models.create(name, **options)
+        self.peer = make_peer(student, peer, "DML")
         self.temperature, self.weight = float(temperature), float(weight)
 
     def updates(self) -> list[Update]:
