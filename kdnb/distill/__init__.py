@@ -22,6 +22,7 @@ from .hints import FitNets
 from .inheritance import (IEAT, IEDML, IEFT, IEKD, IEOD, ChannelSplit, attention_energy, cka_similarity,
                           ie_losses)
 from .introspective import LE, LEPermut, le_targets
+from .overhaul import OD, bn_margin, partial_l2, preact_batchnorm
 from .kd import CE, KD, hinton_terms, kd_divergence, soft_targets
 from .mimic import Mimic
 from .mutual import DML
@@ -39,6 +40,8 @@ METHODS.update({"ls": LabelSmoothing, "cp": ConfidencePenalty, "ban": BornAgain,
 METHODS.update({"autoencoder": AutoEncoder, "ft": FT})
 # Part II: inheritance and exploration (§3.2, §4.2) and its mutual-learning form (§3.3).
 METHODS.update({"ie_ft": IEFT, "ie_at": IEAT, "ie_od": IEOD, "ie_dml": IEDML})
+# Part II baselines (Table 1): OD.
+METHODS["od"] = OD
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
 
@@ -49,7 +52,8 @@ __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS",
            "smoothed_targets", "entropy", "BornAgain", "FitNets", "hinton_terms", "AttentionTransfer",
            "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss", "AutoEncoder", "FT",
            "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss", "IEKD", "IEFT", "IEAT", "IEOD",
-           "IEDML", "ChannelSplit", "ie_losses", "attention_energy", "cka_similarity"]
+           "IEDML", "ChannelSplit", "ie_losses", "attention_energy", "cka_similarity", "OD", "bn_margin", "partial_l2",
+           "preact_batchnorm"]
 
 
 def available() -> list[str]:
