@@ -22,6 +22,7 @@ from .hints import FitNets
 from .inheritance import (IEAT, IEDML, IEFT, IEKD, IEOD, ChannelSplit, attention_energy, cka_similarity,
                           ie_losses)
 from .introspective import LE, LEPermut, le_targets
+from .teacher_free import TfKDReg, TfKDSelf, virtual_teacher
 from .overhaul import OD, bn_margin, partial_l2, preact_batchnorm
 from .kd import CE, KD, hinton_terms, kd_divergence, soft_targets
 from .mimic import Mimic
@@ -42,6 +43,8 @@ METHODS.update({"autoencoder": AutoEncoder, "ft": FT})
 METHODS.update({"ie_ft": IEFT, "ie_at": IEAT, "ie_od": IEOD, "ie_dml": IEDML})
 # Part II baselines (Table 1): OD.
 METHODS["od"] = OD
+# Part II baselines (Table 1): teacher-free KD, self-training (via runs.chain) and the virtual teacher.
+METHODS.update({"tfkd_self": TfKDSelf, "tfkd_reg": TfKDReg})
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
 
@@ -53,7 +56,7 @@ __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS",
            "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss", "AutoEncoder", "FT",
            "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss", "IEKD", "IEFT", "IEAT", "IEOD",
            "IEDML", "ChannelSplit", "ie_losses", "attention_energy", "cka_similarity", "OD", "bn_margin", "partial_l2",
-           "preact_batchnorm"]
+           "preact_batchnorm", "TfKDSelf", "TfKDReg", "virtual_teacher"]
 
 
 def available() -> list[str]:
