@@ -14,6 +14,7 @@ from torch import nn
 from .attention import AttentionTransfer, attention_loss, attention_map
 from .base import Context, Method, Stage, Update
 from .born_again import BornAgain
+from .contrastive import CRD, ContrastMemory, NegativeSampler, nce_loss
 from .dark_knowledge import (CWTM, DKPP, CWTMPermut, CWTMRandom, cwtm_permut_weights, cwtm_random_confidence,
                              cwtm_weights, dkpp_permute, permute_except, teacher_confidence, weighted_cross_entropy)
 from .factor import FT, AutoEncoder, FactorAutoencoder, coder, factor_distance, reconstruction_loss
@@ -45,6 +46,8 @@ METHODS.update({"ie_ft": IEFT, "ie_at": IEAT, "ie_od": IEOD, "ie_dml": IEDML})
 METHODS["od"] = OD
 # Part II baselines (Table 1): teacher-free KD, self-training (via runs.chain) and the virtual teacher.
 METHODS.update({"tfkd_self": TfKDSelf, "tfkd_reg": TfKDReg})
+# Part II baselines (Table 1): CRD with its memory bank.
+METHODS["crd"] = CRD
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
 
@@ -56,7 +59,8 @@ __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS",
            "attention_map", "attention_loss", "FSP", "fsp_matrix", "fsp_loss", "AutoEncoder", "FT",
            "FactorAutoencoder", "coder", "factor_distance", "reconstruction_loss", "IEKD", "IEFT", "IEAT", "IEOD",
            "IEDML", "ChannelSplit", "ie_losses", "attention_energy", "cka_similarity", "OD", "bn_margin", "partial_l2",
-           "preact_batchnorm", "TfKDSelf", "TfKDReg", "virtual_teacher"]
+           "preact_batchnorm", "TfKDSelf", "TfKDReg", "virtual_teacher", "CRD", "ContrastMemory", "NegativeSampler",
+           "nce_loss"]
 
 
 def available() -> list[str]:
