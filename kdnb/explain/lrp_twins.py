@@ -22,7 +22,7 @@ left out: a twin computes the eval-mode network, the one LRP explains.
 State dict. :func:`lrp_twin` deep-copies the trained model and re-parents its own submodules under the same
 names (``stem``, ``stage2.0.conv1``, ``classifier``, ...), so the twin's ``state_dict`` has exactly the model's
 keys and ``twin.load_state_dict(model.state_dict(), strict=True)`` works; in eval mode its logits equal the
-model's (``torch.equal`` for the ResNets, CNNs and VGGs, whose ops are the same in the same order).
+model's bit for bit (``torch.equal``, tested for every supported family: the same ops in the same order).
 
 Layer groups. Each twin names which weight layers are the *first* (the pixel layer), *lower*, *middle* and
 *upper* layers (:meth:`LRPTwin.layer_groups`), for the composite rules of :mod:`kdnb.explain.lrp`
@@ -32,7 +32,11 @@ Batch-norm folding. :func:`fold_batchnorm` returns a copy in which every BatchNo
 convolution is merged into it (``torch.nn.utils.fusion.fuse_conv_bn_eval``), so a rule sees conv + BN as the
 one affine map it is in eval mode (as zennit's ``SequentialMergeBatchNorm`` does). The merged BN is replaced by a
 plain identity function, invisible to Captum. A BN that follows no convolution (the pre-activation BNs of a WRN)
-stays a module and gets the ε rule as a per-channel affine layer.
+stays a module: LRP-0 as a per-channel affine layer.
+
+Who uses the twin. :func:`kdnb.explain.lrp.lrp` runs on the BN-merged twin: its one-backward engine would handle
+functional sums and pooling by itself, but takes the merged convolutions, the masked head and the layer groups
+from the twin; and the twin keeps Captum's ``LRP`` usable as the tests' oracle.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ from ..models import VGG, CifarResNet, MobileNet, PlainCNN, WideResNet
 from ..models.base import FeatureModel
 from ..models.vgg import MIN_WIDTH_FOR_FOURTH_POOL
 
-__all__ = ["GROUPS", "LRPTwin", "fold_batchnorm", "lrp_twin", "last_feature_map"]
+__all__ = ["GROUPS", "LRPTwin", "fold_batchnorm", "lrp_twin", "last_feature_map", "weight_layers"]
 
 #: Layer groups of :meth:`LRPTwin.layer_groups`, bottom to top.
 GROUPS = ("first", "lower", "middle", "upper")
