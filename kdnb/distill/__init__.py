@@ -29,6 +29,9 @@ from .kd import CE, KD, hinton_terms, kd_divergence, soft_targets
 from .mimic import Mimic
 from .mutual import DML
 from .regularizers import ConfidencePenalty, LabelSmoothing, entropy, smoothed_targets
+from .activation import AB, NST
+from .relational import CC, PKT, RKD, SP
+from .variational import VID
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "dml": DML}
 # Part III (Gu et al. 2020, §3): the dissection of dark knowledge.
@@ -50,6 +53,8 @@ METHODS.update({"tfkd_self": TfKDSelf, "tfkd_reg": TfKDReg})
 METHODS["crd"] = CRD
 # Part I (Cheng et al. 2020, §4.1): mimic one FC layer of the teacher, then freeze it and train the layers above.
 METHODS["mimic"] = Mimic
+# Part II supplement baselines (Huang et al., supplement Table 1), with RepDistiller's defaults.
+METHODS.update({"sp": SP, "cc": CC, "vid": VID, "rkd": RKD, "pkt": PKT, "ab": AB, "nst": NST})
 
 __all__ = ["Context", "Method", "Stage", "Update", "CE", "KD", "DML", "METHODS", "available", "bind", "create", "method_class", "kd_divergence",
            "soft_targets", "CWTM", "CWTMPermut", "CWTMRandom", "DKPP", "teacher_confidence", "cwtm_weights",
