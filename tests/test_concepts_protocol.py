@@ -1,7 +1,9 @@
 """Part I's protocol (kdnb.concepts.protocol): the run specs are valid for every architecture and layer (built on
-the meta device, stages fitting the schedule), checkpoints are increasing and dense early, the probe images are
-the test images normalised as the trainer does with their boxes on the grid, and the weight distance is the hand
-sum of the per-step path lengths over ‖w_0‖."""
+the meta device, stages fitting the schedule), one teacher per architecture and seed-distinct subsets for
+students and baselines, checkpoints g_1 … g_M increasing, dense early and never the initial weights, the probe
+images are the test images normalised as the trainer does with their boxes on the grid, the weight distance is
+the hand sum of the per-step path lengths over ‖w_0‖, networks below twice chance are found, and the premise
+(teacher ≥ baseline + 3 points, baseline ≥ twice chance) holds or fails with its numbers."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -54,11 +56,27 @@ def test_specs_are_valid_for_every_architecture_and_layer(profile: str, arch: st
     assert set(base.probes) == set(spec.probes) == {"path_length:fc1", "path_length:fc2", "path_length:classifier"}
 
 
+@pytest.mark.parametrize("profile", ("smoke", "book"))
+def test_seeds_pair_students_with_baselines_on_their_own_subsets(profile: str) -> None:
+    s = P.scale(profile)
+    assert len(s.seeds) >= 3 and len(set(s.seeds)) == len(s.seeds)  # a verdict needs three paired seeds
+    if profile == "book":
+        assert len(s.seeds) >= 5  # decisive claims get at least five seeds
+    arch = s.architectures[0]
+    for seed in s.seeds[:2]:
+        student, base = P.student(profile, arch, "fc2", seed), P.baseline(profile, arch, seed)
+        assert (student.seed, student.subset_seed) == (base.seed, base.subset_seed) == (seed, seed)
+        assert student.teacher == P.teacher(profile, arch)  # one teacher, whatever the seed
+    keys = {P.baseline(profile, arch, seed).key for seed in s.seeds}
+    assert len(keys) == len(s.seeds)  # distinct runs: initialisation and subset differ
+
+
 def test_paper_scale_is_the_released_setting() -> None:
     s = P.scale("paper")
     assert s.dataset == "cub200" and s.grid == 16 and s.mode == "faithful" and s.images == 50
     assert (s.epochs, s.classify_epochs) == (150, 100) and s.mimic_share == pytest.approx(0.6)
-    assert s.checkpoints == (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)
+    # the released checkpoint list without epoch 0 (Eqs. 4-5 run over j = 1..M)
+    assert s.checkpoints == (2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150)
     assert s.options["faithful"]["samples"] == 96 and all(not a for a in s.model_args.values())
     spec = P.student("paper", "vgg11-fc", "fc2")
     assert spec.dataset == "cub200" and spec.train_per_class is None
@@ -67,7 +85,7 @@ def test_paper_scale_is_the_released_setting() -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_checkpoints_are_increasing_and_dense_early(profile: str) -> None:
     points = P.scale(profile).checkpoints
-    assert points[0] == 0 and points[-1] == P.scale(profile).epochs
+    assert points[0] > 0 and points[-1] == P.scale(profile).epochs  # g_1 ... g_M: never the initial weights
     gaps = [b - a for a, b in zip(points, points[1:])]
     assert all(g > 0 for g in gaps)
     assert all(a <= b for a, b in zip(gaps, gaps[1:]))  # the spacing never shrinks: dense early, sparse late
@@ -86,6 +104,45 @@ def test_constants_and_errors() -> None:
         P.student("smoke", "vgg11-fc", "conv")
     with pytest.raises(ValueError, match="smoke"):
         P.scale("huge")
+
+
+def test_a_scale_rejects_the_initial_weights_as_a_checkpoint() -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match="never the initial"):
+        dataclasses.replace(P.scale("smoke"), checkpoints=(0, 1, 2))
+    with pytest.raises(ValueError, match="seeds"):
+        dataclasses.replace(P.scale("smoke"), seeds=(0, 0, 1))
+
+
+def _accuracies(teacher: float, baselines, students) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = [{"architecture": "vgg11-fc", "network": "teacher", "layer": "", "seed": 0, "accuracy": teacher}]
+    for seed, b in enumerate(baselines):
+        rows.append({"architecture": "vgg11-fc", "network": "baseline", "layer": "", "seed": seed, "accuracy": b})
+        for layer, acc in zip(P.LAYERS, students[seed]):
+            rows.append({"architecture": "vgg11-fc", "network": "student", "layer": layer, "seed": seed,
+                         "accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+def test_weak_networks_and_the_premise() -> None:
+    # ten classes: chance 10%, the floor 20%. Students at FC3 of seeds 0 and 2 are below it (19.9 and 10).
+    frame = _accuracies(70.0, [55.0, 60.0, 65.0], [(50, 45, 19.9), (52, 47, 25.0), (51, 44, 10.0)])
+    assert P.chance("book") == pytest.approx(10.0)
+    weak = P.weak(frame, "book")
+    assert sorted(zip(weak.layer, weak.seed)) == [("fc3", 0), ("fc3", 2)]
+    premise = P.premise(frame, "vgg11-fc", "book")  # 70 vs mean 60: +10 >= 3; baselines 60% >= 20%
+    assert premise.held and "70.00 vs 60.00 (+10.00)" in premise.measured and "60.00%" in premise.measured
+    close = P.premise(_accuracies(62.0, [55.0, 60.0, 65.0], [(50, 45, 30)] * 3), "vgg11-fc", "book")
+    assert not close.held and "+2.00" in close.measured and "stronger vgg11-fc teacher" in close.remedy
+    unlearned = P.premise(_accuracies(40.0, [15.0, 18.0, 24.0], [(15, 15, 15)] * 3), "vgg11-fc", "book")
+    assert not unlearned.held and "19.00%" in unlearned.measured  # mean 19 < 20, although the lead is +21
+    assert P.teacher_leads(_accuracies(40.0, [15.0, 18.0, 24.0], [(15, 15, 15)] * 3), "vgg11-fc").held
+    over = P.premise_over({"vgg11-fc": close, "alexnet_small": premise})
+    assert over.held and "vgg11-fc" in over.measured and "(unmet)" in over.measured  # one architecture suffices
+    assert not P.premise_over({"vgg11-fc": close}).held
 
 
 def test_weight_distances_are_the_hand_sum_of_the_step_series() -> None:
@@ -169,6 +226,33 @@ def test_mode_agreement_contrast_passes_and_pairing() -> None:
     c = a.assign(n_fg=a.n_fg + 2)
     diff = summaries.paired_over_images(c, a, "n_fg").difference
     assert diff.mean == 2 and diff.n == 3
+
+
+def test_proxy_validation_rule_per_architecture_and_layer() -> None:
+    g = torch.Generator().manual_seed(1)
+    entropy = torch.randn(4, 6, 6, generator=g)
+    fg = torch.zeros(4, 6, 6, dtype=torch.bool)
+    fg[:, 2:4, 2:4] = True
+    noisy = entropy + 0.05 * torch.randn(4, 6, 6, generator=g)
+    maps = {("a", "fc1", "faithful"): entropy, ("a", "fc1", "linearised"): entropy.clone(),
+            ("a", "fc2", "faithful"): entropy, ("a", "fc2", "linearised"): noisy,
+            ("b", "fc1", "faithful"): entropy, ("b", "fc1", "linearised"): -entropy}
+
+    def fn(run, layer, mode):
+        return result_of(maps[(run, layer, mode)])
+
+    table = summaries.validate_proxy({"a": "a"}, fn, ["fc1", "fc2"], fg, {"a": 0.2})
+    assert table.spearman_mean.iloc[0] == pytest.approx(1.0) and table.spearman_std.iloc[0] == pytest.approx(0.0)
+    assert table.trusted.tolist() == [True, True] and summaries.proxy_verdict(table) == "reproduced"
+    flipped = summaries.validate_proxy({"a": "a", "b": "b"}, fn, ["fc1"], fg, {"a": 0.2, "b": 0.2})
+    assert flipped.trusted.tolist() == [True, False]  # one failing architecture fails the claim
+    assert flipped.spearman_mean.iloc[1] == pytest.approx(-1.0)
+    assert summaries.proxy_verdict(flipped) == "not reproduced"
+    few = summaries.validate_proxy({"a": "a"}, lambda run, layer, mode: result_of(maps[(run, layer, mode)][:2]),
+                                   ["fc1"], fg[:2], {"a": 0.2})
+    assert summaries.proxy_verdict(few) == "inconclusive at this scale" and not few.trusted.iloc[0]
+    assert summaries.mean_std([1.0, 3.0]) == "2.00 ± 1.41" and summaries.mean_std([2.0]) == "2.00"
+    assert summaries.mean_std([float("nan")]) == "—"
 
 
 def test_concept_figures_draw() -> None:

@@ -78,21 +78,22 @@ def concept_curves(curves: pd.DataFrame, x: str = "weight distance", y: str = "N
     return fig
 
 
-def distance_at_peak(peaks: pd.DataFrame, summary: pd.DataFrame | None = None) -> Figure:
-    """Each probe image's weight distance at m̂ (the first checkpoint with most foreground concepts), student vs
-    baseline, one panel per architecture, layers along x: the spread of the dots is what D_std measures, their
-    mean (a bar) D_mean."""
+def distance_at_peak(peaks: pd.DataFrame, y: str = "distance at m̂") -> Figure:
+    """Each probe image's weight distance at m̂ (the first checkpoint with most foreground concepts) — or another
+    column ``y`` of :func:`~kdnb.concepts.dynamics.peaks_frame`, such as ``"share of the path at m̂"`` (the H2
+    control) — student vs baseline, one panel per architecture, layers along x, every image of every seed a dot:
+    the spread of the dots is what D_std measures, their mean (a bar) D_mean."""
     architectures = list(dict.fromkeys(peaks["architecture"]))
     fig, axes = plt.subplots(1, len(architectures), figsize=(3.6 * len(architectures) + 0.6, 3.4), squeeze=False)
     for ax, arch in zip(axes[0], architectures):
         part = peaks[peaks.architecture == arch]
-        sns.stripplot(part, x="layer", y="distance at m̂", hue="network", hue_order=list(NETWORKS), dodge=True,
+        sns.stripplot(part, x="layer", y=y, hue="network", hue_order=list(NETWORKS), dodge=True,
                       palette=PALETTE, size=3, alpha=0.6, ax=ax, legend=ax is axes[0][-1])
-        sns.pointplot(part, x="layer", y="distance at m̂", hue="network", hue_order=list(NETWORKS), dodge=0.4,
+        sns.pointplot(part, x="layer", y=y, hue="network", hue_order=list(NETWORKS), dodge=0.4,
                       palette=PALETTE, errorbar=None, markers="_", markersize=18, linestyle="none", ax=ax,
                       legend=False)
         ax.set_title(arch, fontsize="small")
-        ax.set_ylabel("weight distance at m̂" if ax is axes[0][0] else "")
+        ax.set_ylabel(y if ax is axes[0][0] else "")
     fig.tight_layout()
     return fig
 
@@ -173,9 +174,13 @@ def rho_by_cell(stability: pd.DataFrame) -> Figure:
 
 def win_grid(decided: pd.DataFrame, title: str = "") -> Figure:
     """Table 3's verdict cells at a glance: rows architecture · layer, columns the six metrics, coloured by who
-    is better — student (S), baseline (B), tie, or n/a."""
-    order = {"S": 0, "B": 1, "tie": 2, "n/a": 3}
+    is better — student (S), baseline (B), tie, or n/a (a :func:`~kdnb.concepts.dynamics.wins` frame), or, for a
+    :class:`~kdnb.concepts.dynamics.Family` table (a ``decision`` column), by the Holm decision: S (significantly
+    for the student), B (against), ``·`` (undecided); cells left out of the tally stay blank."""
+    order = {"S": 0, "B": 1, "tie": 2, "·": 2, "n/a": 3}
     labels = [m.label for m in METRICS]
+    if "decision" in decided.columns:
+        decided = decided.assign(winner=decided.decision.map({"for": "S", "against": "B", "undecided": "·"}))
     rows = list(dict.fromkeys(zip(decided.architecture, decided.layer)))
     grid = np.full((len(rows), len(labels)), 3)
     text = np.full((len(rows), len(labels)), "", dtype=object)

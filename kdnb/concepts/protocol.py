@@ -2,24 +2,30 @@
 checkpoints are kept, which probe images are measured and with which estimator settings — in one place, so that
 the four chapters of Part I ask the run cache and the analysis cache for the very same runs and entropy maps.
 
-For every architecture (AlexNet, VGG-11 and ResNet-20 with three FC layers) and every FC layer l:
+For every architecture of the scale (AlexNet, VGG-11 and ResNet-20 with three FC layers; ``book`` trains the
+first two, see :func:`scale`) and every FC layer l:
 
-- a **teacher** (:func:`teacher`): cross-entropy on more data, with augmentation — our stand-in for the
-  paper's ImageNet pre-training ("pre-trained on the ImageNet dataset … then fine-tuned", §4.1; the Table 2
-  teachers were "learned from scratch … data augmentation was used to boost the teacher"): more training
-  images per class of the same data set than the students (2× at ``book``), random crops and flips, and so more
-  SGD steps;
-- a **student** (:func:`student`): method ``"mimic"`` (:mod:`kdnb.distill.mimic`) — its layers up to FC_l learn
-  ‖f_T(x) − f_S(x)‖² alone, then are frozen while the layers above learn the labels; the checkpoints analysed
-  lie in the mimic stage, as in the released code;
-- a **baseline** (:func:`baseline`): the same architecture, data and checkpoints, cross-entropy alone ("learned
-  from raw data").
+- one **teacher** per architecture (:func:`teacher`), shared by every seed: cross-entropy on more data, with
+  augmentation — our stand-in for the paper's ImageNet pre-training ("pre-trained on the ImageNet dataset …
+  then fine-tuned", §4.1; the Table 2 teachers were "learned from scratch … data augmentation was used to boost
+  the teacher"): more training images per class of the same data set than the students, random crops and flips,
+  more epochs. It anchors Part I's premise (:func:`premise`): teacher > baseline > chance;
+- per seed, a **student** (:func:`student`): method ``"mimic"`` (:mod:`kdnb.distill.mimic`) — its layers up to
+  FC_l learn ‖f_T(x) − f_S(x)‖² alone, then are frozen while the layers above learn the labels; the checkpoints
+  analysed lie in the mimic stage, as in the released code;
+- per seed, a **baseline** (:func:`baseline`): the same architecture, data and checkpoints, cross-entropy alone
+  ("learned from raw data").
 
-Students and baselines train on the same subset, without augmentation. Every run records the per-step path
-length of the FC layers' weights (probe ``path_length``) so :func:`weight_distances` gives Hypothesis 2's
-weight distance at every checkpoint. :func:`probe_images` are test images with their foreground boxes on the
-estimator grid; :func:`entropy` computes (or loads) their entropy maps through the analysis cache with the
-scale's estimator settings.
+A seed fixes a student's and its baseline's initialisation *and* their training subset (``subset_seed``): the
+hypotheses are claims about the method, not about one subset, so seeds differ in both, and every student is
+paired with the baseline of its own seed. Students and baselines train without augmentation. Every run records
+the per-step path length of the FC layers' weights (probe ``path_length``) so :func:`weight_distances` gives
+Hypothesis 2's weight distance at every checkpoint. The checkpoints are g_1 … g_M of Eqs. 4–5, never the initial
+weights (epoch 0): the paper's sum and union run over j = 1 … M. :func:`probe_images` are test images with their
+foreground boxes on the estimator grid; :func:`entropy` computes (or loads) their entropy maps through the
+analysis cache with the scale's estimator settings. :func:`accuracies` gathers every network's test accuracy,
+:func:`weak` finds those below :data:`CHANCE_FACTOR` × chance (reported apart and left out of the hypotheses'
+tallies), and :func:`premise` states an architecture's premise with its numbers.
 """
 from __future__ import annotations
 
@@ -30,14 +36,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import pandas as pd
+
 from .. import data, profiles
+from ..analysis import TEACHER_MARGIN, Premise, all_of, teacher_beats_student
 from ..distill.mimic import LAYERS, MIMIC_FEATURE
 from ..runs import RunSpec
 from ..train import Schedule, step_of
 from .estimator import EntropyResult
 
-__all__ = ["ARCHITECTURES", "LAYERS", "B", "LAMBDA", "FC_MODULE", "ConceptScale", "scale", "teacher", "student",
-           "baseline", "ProbeImages", "probe_images", "entropy", "weight_distances", "feature_of"]
+__all__ = ["ARCHITECTURES", "LAYERS", "B", "LAMBDA", "FC_MODULE", "CHANCE_FACTOR", "TEACHER_SEED", "ConceptScale",
+           "scale", "teacher", "student", "baseline", "ProbeImages", "probe_images", "entropy", "weight_distances",
+           "feature_of", "estimator_options", "chance", "accuracies", "weak", "teacher_leads", "baseline_learned", "premise", "premise_over"]
 
 ARCHITECTURES: tuple[str, ...] = ("alexnet_small", "vgg11-fc", "resnet20-fc")
 # Eq. 3's threshold b: 0.25 for AlexNet ("it had much less layers"), 0.2 for the others (§4.1).
@@ -47,6 +57,11 @@ LAMBDA: dict[str, float] = {"alexnet_small": 7.0, "vgg11-fc": 7.0, "resnet20-fc"
 # The module whose weights make an FC layer (the weight distance of the released code is one layer's weight).
 FC_MODULE: dict[str, str] = {"fc1": "fc1", "fc2": "fc2", "fc3": "classifier"}
 PROBE_SEED = 2020  # which test images are probed (a seed of its own: not the training subset's)
+TEACHER_SEED = 0  # the one teacher per architecture: its initialisation and training subset
+#: A network below CHANCE_FACTOR × chance accuracy has learned little of the task: its concept counts describe a
+#: barely trained network, and comparisons that involve it say nothing about distillation. Such networks are
+#: reported apart and left out of the hypotheses' tallies; a baseline below it fails Part I's premise.
+CHANCE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +71,14 @@ class ConceptScale:
     ``dataset``: the data set of every run. ``architectures``: those trained at this profile; ``model_args``:
     per architecture, the model options (``width`` narrows the conv trunk to fit CPU budgets). Students and
     baselines: ``train_per_class`` images per class, ``epochs`` epochs of mimic (student) or of training
-    (baseline), then ``classify_epochs`` of the student's classify stage; ``checkpoints``: fractional epochs in
-    ``[0, epochs]``, dense early and sparse late. Teachers: ``teacher_per_class`` images per class with
-    augmentation, ``teacher_epochs`` epochs. ``images`` probe images of the test split, ``grid`` × ``grid``
-    estimator cells; ``mode`` the estimator mode of the grids of I.2–I.4 and ``options`` every mode's options
-    (``options[mode]``); ``faithful_images``: how many probe images get the (costly) Monte-Carlo modes in I.1.
+    (baseline), then ``classify_epochs`` of the student's classify stage; ``checkpoints``: the fractional
+    epochs of g_1 … g_M in ``(0, epochs]`` (never 0, the initial weights: Eqs. 4–5 run over j = 1 … M), dense
+    early and sparse late; ``seeds``: the seeds of students and baselines (initialisation and training subset).
+    Teachers: one per architecture, ``teacher_per_class`` images per class with augmentation, ``teacher_epochs``
+    epochs. ``images`` probe images of the test split, ``grid`` × ``grid`` estimator cells; ``mode`` the
+    estimator mode of the grids of I.2–I.4 and ``options`` every mode's options (``options[mode]``);
+    ``faithful_images``: how many probe images get the (costly) Monte-Carlo modes in I.1, at every architecture
+    and layer.
     """
 
     profile: str
@@ -82,6 +100,7 @@ class ConceptScale:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     faithful_images: int = 2
     mask: str = "box"
+    seeds: tuple[int, ...] = (0,)
 
     @property
     def student_epochs(self) -> int:
@@ -91,6 +110,15 @@ class ConceptScale:
     @property
     def mimic_share(self) -> float:
         return self.epochs / self.student_epochs
+
+    def __post_init__(self) -> None:
+        points = self.checkpoints
+        if not points or points[0] <= 0 or any(b <= a for a, b in zip(points, points[1:])) \
+                or points[-1] > self.epochs:
+            raise ValueError(f"checkpoints must increase within (0, {self.epochs}] (g_1 … g_M, never the initial "
+                             f"weights); got {points}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one; got {self.seeds}")
 
 
 _ESTIMATOR_BOOK = {
@@ -115,22 +143,22 @@ _SCALES: dict[str, ConceptScale] = {
         model_args={"alexnet_small": {"width": 0.25, "fc_width": 64}, "vgg11-fc": {"width": 0.125, "fc_width": 64},
                     "resnet20-fc": {"width": 0.25, "fc_width": 64}},
         train_per_class=8, test_per_class=4, teacher_per_class=12, epochs=2, classify_epochs=1, teacher_epochs=2,
-        batch_size=32, lr=0.05, checkpoints=(0, 0.5, 1, 2), images=4, grid=8, mode="linearised",
-        options=_ESTIMATOR_SMOKE, faithful_images=1),
+        batch_size=32, lr=0.05, checkpoints=(0.5, 1, 2), images=4, grid=8, mode="linearised",
+        options=_ESTIMATOR_SMOKE, faithful_images=1, seeds=(0, 1, 2)),
     "book": ConceptScale(
-        profile="book", dataset="cluttered_fashion_mnist", architectures=ARCHITECTURES,
-        model_args={"alexnet_small": {"width": 0.5, "fc_width": 256}, "vgg11-fc": {"width": 0.125, "fc_width": 256},
+        profile="book", dataset="cluttered_fashion_mnist", architectures=("alexnet_small", "vgg11-fc"),
+        model_args={"alexnet_small": {"width": 0.25, "fc_width": 256}, "vgg11-fc": {"width": 0.125, "fc_width": 256},
                     "resnet20-fc": {"width": 0.5, "fc_width": 256}},
-        train_per_class=200, test_per_class=50, teacher_per_class=400, epochs=8, classify_epochs=2,
-        teacher_epochs=8, batch_size=64, lr=0.05, checkpoints=(0, 0.125, 0.25, 0.5, 1, 2, 3, 4, 6, 8), images=20,
-        grid=12, mode="linearised", options=_ESTIMATOR_BOOK, faithful_images=3),
+        train_per_class=200, test_per_class=100, teacher_per_class=600, epochs=6, classify_epochs=2,
+        teacher_epochs=10, batch_size=64, lr=0.05, checkpoints=(0.25, 0.5, 1, 2, 4, 6), images=20,
+        grid=12, mode="linearised", options=_ESTIMATOR_BOOK, faithful_images=20, seeds=(0, 1, 2, 3, 4)),
     "paper": ConceptScale(
         profile="paper", dataset="cub200", architectures=ARCHITECTURES,
         model_args={arch: {} for arch in ARCHITECTURES},
         train_per_class=None, test_per_class=None, teacher_per_class=None, epochs=150, classify_epochs=100,
         teacher_epochs=150, batch_size=64, lr=0.01,
-        checkpoints=(0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150), images=50, grid=16,
-        mode="faithful", options=_ESTIMATOR_PAPER, faithful_images=50),
+        checkpoints=(2, 5, 10, 15, 20, 25, 30, 40, 50, 70, 90, 110, 130, 150), images=50, grid=16,
+        mode="faithful", options=_ESTIMATOR_PAPER, faithful_images=50, seeds=(0, 1, 2, 3, 4)),
 }
 
 
@@ -163,38 +191,132 @@ def _probes() -> tuple[str, ...]:
     return tuple(f"path_length:{FC_MODULE[layer]}" for layer in LAYERS)
 
 
-def teacher(profile: Any, arch: str, seed: int = 0) -> RunSpec:
-    """The teacher of ``arch``: cross-entropy on ``teacher_per_class`` images per class (more than the
-    students') with random crops and flips, ``teacher_epochs`` epochs — our stand-in for the paper's
-    ImageNet-pre-trained teachers: a network that has seen more (and more varied) data than the student."""
+def teacher(profile: Any, arch: str) -> RunSpec:
+    """The one teacher of ``arch`` (seed :data:`TEACHER_SEED`): cross-entropy on ``teacher_per_class`` images
+    per class (more than the students') with random crops and flips, ``teacher_epochs`` epochs — our stand-in
+    for the paper's ImageNet-pre-trained teachers: a network that has seen more (and more varied) data than the
+    student. Every student of ``arch``, whatever its seed, distils this run."""
     _check(arch)
     s = scale(profile)
-    return RunSpec(dataset=s.dataset, model=arch, schedule=_schedule(s, s.teacher_epochs, (0, s.teacher_epochs)),
+    return RunSpec(dataset=s.dataset, model=arch, schedule=_schedule(s, s.teacher_epochs, (s.teacher_epochs,)),
                    model_args=s.model_args[arch], train_per_class=s.teacher_per_class,
-                   test_per_class=s.test_per_class, augment="default", seed=seed)
+                   test_per_class=s.test_per_class, augment="default", seed=TEACHER_SEED,
+                   subset_seed=TEACHER_SEED)
 
 
 def student(profile: Any, arch: str, layer: str, seed: int = 0) -> RunSpec:
-    """The student distilled at ``layer`` from :func:`teacher` (seed 0): method ``"mimic"``, ``epochs`` of mimic
-    then ``classify_epochs`` of classifier, checkpoints at ``scale.checkpoints`` (all in the mimic stage), the
-    path length of every FC layer's weights recorded per step."""
+    """The student of seed ``seed`` distilled at ``layer`` from :func:`teacher`: method ``"mimic"``, ``epochs``
+    of mimic then ``classify_epochs`` of classifier on the training subset of ``seed``, checkpoints at
+    ``scale.checkpoints`` (all in the mimic stage), the path length of every FC layer's weights recorded per
+    step."""
     _check(arch, layer)
     s = scale(profile)
     return RunSpec(dataset=s.dataset, model=arch, schedule=_schedule(s, s.student_epochs, s.checkpoints),
                    method="mimic", method_args={"layer": layer, "mimic_share": s.mimic_share},
                    teacher=teacher(profile, arch), model_args=s.model_args[arch],
                    train_per_class=s.train_per_class, test_per_class=s.test_per_class, augment=None, seed=seed,
-                   probes=_probes())
+                   subset_seed=seed, probes=_probes())
 
 
 def baseline(profile: Any, arch: str, seed: int = 0) -> RunSpec:
-    """The baseline of ``arch``: cross-entropy on the students' data, ``epochs`` epochs, the same checkpoints
-    and path-length probes (one per FC layer), no augmentation."""
+    """The baseline of seed ``seed``: cross-entropy on the training subset of the students of that seed (and
+    their initialisation), ``epochs`` epochs, the same checkpoints and path-length probes (one per FC layer), no
+    augmentation."""
     _check(arch)
     s = scale(profile)
     return RunSpec(dataset=s.dataset, model=arch, schedule=_schedule(s, s.epochs, s.checkpoints),
                    model_args=s.model_args[arch], train_per_class=s.train_per_class,
-                   test_per_class=s.test_per_class, augment=None, seed=seed, probes=_probes())
+                   test_per_class=s.test_per_class, augment=None, seed=seed, subset_seed=seed, probes=_probes())
+
+
+# ------------------------------------------------------------------------------------ accuracies and premise
+NETWORK_NAMES = ("teacher", "baseline", "student")
+
+
+def chance(profile: Any) -> float:
+    """Chance accuracy (%) of the scale's data set: 100 / classes."""
+    return 100.0 / data.info(scale(profile).dataset).num_classes
+
+
+def accuracies(profile: Any, architectures: Any = None, seeds: Any = None) -> pd.DataFrame:
+    """Every Part I network's final test accuracy, training the runs that are not cached: one row per run with
+    ``architecture``, ``network`` (``"teacher"``, ``"baseline"``, ``"student"``), ``layer`` (the student's FC
+    layer; ``""`` otherwise), ``seed`` and ``accuracy`` (%)."""
+    from .. import runs
+
+    s = scale(profile)
+    rows = []
+    for arch in architectures or s.architectures:
+        rows.append({"architecture": arch, "network": "teacher", "layer": "", "seed": TEACHER_SEED,
+                     "accuracy": 100 * runs.train_or_load(teacher(profile, arch)).final["test_acc"]})
+        for seed in seeds if seeds is not None else s.seeds:
+            rows.append({"architecture": arch, "network": "baseline", "layer": "", "seed": seed,
+                         "accuracy": 100 * runs.train_or_load(baseline(profile, arch, seed)).final["test_acc"]})
+            for layer in LAYERS:
+                run = runs.train_or_load(student(profile, arch, layer, seed))
+                rows.append({"architecture": arch, "network": "student", "layer": layer, "seed": seed,
+                             "accuracy": 100 * run.final["test_acc"]})
+    return pd.DataFrame(rows, columns=["architecture", "network", "layer", "seed", "accuracy"])
+
+
+def weak(frame: pd.DataFrame, profile: Any) -> pd.DataFrame:
+    """The rows of an :func:`accuracies` frame below :data:`CHANCE_FACTOR` × chance: networks that learned
+    little of the task, reported apart and left out of the hypotheses' tallies."""
+    return frame[frame["accuracy"] < CHANCE_FACTOR * chance(profile)]
+
+
+def _accuracy_of(frame: pd.DataFrame, arch: str, network: str) -> Any:
+    rows = frame[(frame["architecture"] == arch) & (frame["network"] == network)]["accuracy"].to_numpy()
+    if not len(rows):
+        raise ValueError(f"no {network} accuracy for {arch!r} in the frame")
+    return rows
+
+
+def teacher_leads(frame: pd.DataFrame, arch: str) -> Premise:
+    """The teacher of ``arch`` leads its baselines (mean over seeds) by at least
+    :data:`kdnb.analysis.TEACHER_MARGIN` points (``frame``: :func:`accuracies`)."""
+    return teacher_beats_student(
+        _accuracy_of(frame, arch, "teacher"), _accuracy_of(frame, arch, "baseline"), what=f"{arch} teacher",
+        against="baseline",
+        remedy=f"A stronger {arch} teacher (more teacher images or epochs: teacher_per_class, teacher_epochs).")
+
+
+def baseline_learned(frame: pd.DataFrame, arch: str, profile: Any) -> Premise:
+    """The baselines of ``arch`` reach :data:`CHANCE_FACTOR` × chance on average: they learned the task."""
+    b = _accuracy_of(frame, arch, "baseline")
+    floor = CHANCE_FACTOR * chance(profile)
+    return Premise(f"{arch} baseline ≥ {CHANCE_FACTOR:g} × chance ({floor:.0f}%)",
+                   f"{b.mean():.2f}% (seeds {b.min():.1f}–{b.max():.1f})", held=bool(b.mean() >= floor),
+                   remedy=f"Longer or larger {arch} baselines (train_per_class, epochs).")
+
+
+def premise(frame: pd.DataFrame, arch: str, profile: Any) -> Premise:
+    """Part I's premise for ``arch`` from an :func:`accuracies` frame: the teacher leads the baseline (mean over
+    seeds) by at least :data:`kdnb.analysis.TEACHER_MARGIN` points (:func:`teacher_leads`) — the paper's student
+    can only take from its teacher what the teacher knows beyond the baseline ("the teacher network had learned
+    better representations", §4.2) — and the baseline reaches :data:`CHANCE_FACTOR` × chance
+    (:func:`baseline_learned`)."""
+    lead, learned = teacher_leads(frame, arch), baseline_learned(frame, arch, profile)
+    both = all_of(lead, learned)
+    return Premise(f"{arch}: teacher ≥ baseline + {TEACHER_MARGIN:g} points, baseline ≥ {CHANCE_FACTOR:g} × chance "
+                   f"({CHANCE_FACTOR * chance(profile):.0f}%)",
+                   f"teacher vs baseline {lead.measured}, baseline {learned.measured}", held=both.held,
+                   remedy=both.remedy)
+
+
+def premise_over(premises: dict[str, Premise]) -> Premise:
+    """The premise of a claim over several architectures (``{arch: premise(...)}``): it holds when it holds for
+    at least one of them — those are the architectures whose cells enter the claim's tally; the others are left
+    out, and their numbers shown."""
+    if not premises:
+        raise ValueError("no premises")
+    if len(premises) == 1:
+        return next(iter(premises.values()))
+    requirement = (f"teacher ≥ baseline + {TEACHER_MARGIN:g} points and baseline ≥ {CHANCE_FACTOR:g} × chance, for "
+                   f"at least one architecture (those enter the tally)")
+    measured = "; ".join(f"{arch}: {p.measured} ({'held' if p.held else 'unmet'})" for arch, p in premises.items())
+    return Premise(requirement, measured, held=any(p.held for p in premises.values()),
+                   remedy=" ".join(p.remedy for p in premises.values() if not p.held and p.remedy))
 
 
 @dataclass(frozen=True)
