@@ -26,7 +26,7 @@ __all__ = ["estimate_entropy", "EntropyResult", "feature_fn", "run_entropy", "en
            "lambda_ratio", "learning_speed", "LearningSpeed", "weight_distance", "stability", "effect_images",
            "ESTIMATOR_VERSION"]
 
-ESTIMATOR_VERSION = 1  # bump when a change to the estimator changes its results: cached maps are recomputed
+ESTIMATOR_VERSION = 2  # 2: the converged mode's variance reduction (control variate, σ²-weights, trust region); bump when a change to the estimator changes its results: cached maps are recomputed
 
 
 def run_entropy(run: Any, feature: str, images: Tensor, grid: int, epoch: float | None = None,

@@ -125,12 +125,13 @@ def proxy_verdict(validation: pd.DataFrame) -> str:
 def passes_per_image(result: EntropyResult) -> float:
     """Mean forward+backward passes of the network per image that ``result`` cost: faithful, ``samples`` per
     SGD step actually run plus ``sf_samples`` for s_f (forward only, counted as passes); converged,
-    ``samples × converged_steps + sf_samples``; linearised, ``vjps``."""
+    ``samples × converged_steps + sf_samples + converged_directions`` (the control variate's vector–Jacobian
+    products at the clean image); linearised, ``vjps``."""
     s = result.settings
     if result.mode == "linearised":
         return float(s["vjps"])
     if result.mode == "converged":
-        return float(s["samples"] * s["converged_steps"] + s["sf_samples"])
+        return float(s["samples"] * s["converged_steps"] + s["sf_samples"] + s.get("converged_directions", 0))
     steps = torch.isfinite(result.history).sum(dim=1).double().mean().item()  # the steps each image ran
     return float(s["samples"] * steps + s["sf_samples"])
 
