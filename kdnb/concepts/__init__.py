@@ -26,7 +26,9 @@ __all__ = ["estimate_entropy", "EntropyResult", "feature_fn", "run_entropy", "en
            "lambda_ratio", "learning_speed", "LearningSpeed", "weight_distance", "stability", "effect_images",
            "ESTIMATOR_VERSION"]
 
-ESTIMATOR_VERSION = 2  # 2: the converged mode's variance reduction (control variate, σ²-weights, trust region); bump when a change to the estimator changes its results: cached maps are recomputed
+# Bump when a change to the estimator changes its results: cached maps are recomputed. 2: the converged mode's
+# variance reduction (control variate, σ²-weighted averaging, trust region).
+ESTIMATOR_VERSION = 2
 
 
 def run_entropy(run: Any, feature: str, images: Tensor, grid: int, epoch: float | None = None,
