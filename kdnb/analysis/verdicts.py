@@ -157,7 +157,8 @@ def resolution_note(comparison: PairedComparison, paper_effect: float | None, ve
     words = ""
     if abs(paper_effect) < res.smallest:
         words = (f"The paper's effect ({paper_effect:+.2f} {unit}) is below this design's resolution "
-                 f"(±{res.smallest:.2f} at n={res.n}): a difference of that size would not be told from zero at this n.")
+                 f"(±{res.smallest:.2f} at n={res.n}): a difference of that size would not be told from zero "
+                 "at this n.")
     if verdict in (INCONCLUSIVE, NOT_REPRODUCED) or words:
         n = seeds_to_resolve(res.spread, paper_effect, family=family)
         settle = (f"≈ {n} seeds would find an effect of the paper's size with {POWER:.0%} power at the observed "
