@@ -17,7 +17,8 @@ from torch import nn
 from kdnb import distill, models, modules, runs
 from kdnb.distill import Context, Stage
 from kdnb.distill.activation import ab_loss, polynomial_mmd
-from kdnb.distill.relational import cc_loss, correlation_matrix, pkt_loss, rkd_loss, similarity_loss
+from kdnb.distill.relational import (cc_loss, correlation_matrix, pkt_loss, release_cc_loss, rkd_loss,
+                                    similarity_loss)
 from kdnb.distill.variational import vid_loss
 from kdnb.runs import RunSpec
 from kdnb.train import Schedule, Trainer
@@ -60,6 +61,7 @@ def test_registered_with_repdistiller_defaults() -> None:
                                        "angle_weight": 50.0, "temperature": 4.0, "alpha": 0.0}
     assert distill.bind("nst", {})["beta"] == 50 and distill.bind("vid", {})["beta"] == 1
     assert distill.bind("ab", {})["beta"] == pytest.approx(3 / 1000)
+    assert distill.bind("cc", {})["form"] == "kernel" and distill.bind("cc", {})["beta"] is None
     assert all(distill.bind(name, {})["alpha"] == 0.0 for name in NAMES)  # CE weight 1, no KD
     teacher = RunSpec("fashion_mnist", "resnet14", Schedule(epochs=1), train_per_class=2)
     for name in NAMES:  # a run of each can be described, keyed and read back
@@ -168,6 +170,21 @@ def test_cc_correlation_is_the_taylor_series_of_the_gaussian_kernel() -> None:
     by_hand = sum((exact[i][j] - exact_t[i][j]) ** 2 for i in range(4) for j in range(4)) / 16
     assert cc_loss(s, t, gamma, 20).item() == pytest.approx(by_hand, rel=1e-9)
     assert cc_loss(t, t).item() == 0.0
+
+
+def test_cc_release_form_by_hand_and_its_weights() -> None:
+    torch.manual_seed(7)
+    es, et = torch.randn(4, 3), torch.randn(4, 3)
+    delta = [[abs(a - b) for a, b in zip(ra, rb)] for ra, rb in zip(es.tolist(), et.tolist())]
+    expected = sum(sum(x * y for x, y in zip(delta[i], delta[i + 1])) for i in range(3)) / 3
+    assert release_cc_loss(es, et).item() == pytest.approx(expected, rel=1e-6)
+    kernel = distill.CC(net("resnet8"), net("resnet14", 1))
+    release = distill.CC(net("resnet8"), net("resnet14", 1), form="release")
+    assert (kernel.beta, release.beta) == (1.0, 0.02)  # each form's default weight
+    assert not hasattr(kernel, "embed_student")
+    assert (release.embed_student.in_features, release.embed_teacher.out_features) == (64, 128)
+    with pytest.raises(ValueError, match="form"):
+        distill.CC(net("resnet8"), net("resnet14", 1), form="paper")
 
 
 # ------------------------------------------------------------------------------------------------------ VID
@@ -300,10 +317,11 @@ def changed(before: dict, after: dict, prefixes) -> dict[str, bool]:
     return {k: not torch.equal(before[k], after[k]) for k in before if modules.under_any(k, prefixes)}
 
 
-@pytest.mark.parametrize("name", ["sp", "cc", "vid", "rkd", "pkt", "nst"])
-def test_trains_end_to_end(name, teacher) -> None:
+@pytest.mark.parametrize("name, args", [("sp", {}), ("cc", {}), ("cc", {"form": "release"}), ("vid", {}),
+                                        ("rkd", {}), ("pkt", {}), ("nst", {})])
+def test_trains_end_to_end(name, args, teacher) -> None:
     spec = tiny_spec(1)
-    method = distill.create(name, net("resnet8"), teacher)
+    method = distill.create(name, net("resnet8"), teacher, **args)
     start = state(method)
     history = Trainer(method, runs.batches(spec, "train", "cpu"), spec.schedule, seed=0, device="cpu").fit()
     assert f"train_{name}" in history[0] and "train_ce" in history[0] and "train_kd" not in history[0]
@@ -312,6 +330,8 @@ def test_trains_end_to_end(name, teacher) -> None:
     assert any(student.values())
     if name == "vid":  # the regressors and the variances learn with the student
         assert all(changed(start, state(method), ("regressors",)).values())
+    if args.get("form") == "release":  # both embeddings learn
+        assert all(changed(start, state(method), ("embed_student", "embed_teacher")).values())
 
 
 def test_ab_initialises_then_trains_on_labels(teacher) -> None:

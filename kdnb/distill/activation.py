@@ -45,9 +45,13 @@ class AB(FeatureLossMethod):
     Stage ``"ab"`` (``init_epochs`` of the run; RepDistiller's 30 of 240 epochs, 0.125): the student up to its last
     paired layer and the connectors learn :math:`\\beta \\sum_l w_l\\,` :func:`ab_loss` (``margin`` μ = 1) over the
     pre-ReLU pairs ``layers`` (the three stage outputs' ``.pre``), the classifier frozen. Stage ``"train"``: the
-    whole student learns ``(1-alpha)`` CE + ``alpha`` KD (alpha = 0: CE alone, RepDistiller's AB run, whose AB
-    weight in the main phase is 0), the connectors frozen. Each stage restarts the learning-rate schedule
-    (RepDistiller pre-trains with its own optimiser).
+    whole student learns ``(1-alpha)`` CE + ``alpha`` KD (alpha = 0: CE alone, as RepDistiller's AB run, whose
+    main phase adds no AB term), the connectors frozen. Each stage restarts the learning-rate schedule
+    (RepDistiller pre-trains with an optimiser of its own).
+
+    **Departures** from RepDistiller's initialisation: it holds the learning rate constant there (ours follows
+    the schedule over the stage) and keeps the student in eval mode, so its BatchNorm statistics do not move
+    during the initialisation (ours trains the student's BatchNorm as in any stage).
 
     Weights are RepDistiller's: layer l of L gets :math:`w_l = 2^{l-L}` (¼, ½, 1 for three), and β = 3/1000 is its
     ``/1000 * 3``. Pairs of different spatial size meet at the smaller (:func:`.features.match_size`). Term

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Context, Method
-from .features import layer_pairs
+from .features import feature_shapes, layer_pairs
 from .kd import check_hinton, hinton_terms
 
 
@@ -212,25 +212,53 @@ def cc_loss(student: Tensor, teacher: Tensor, gamma: float = 0.4, order: int = 2
     return diff.pow(2).sum() / b**2
 
 
+def release_cc_loss(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
+    """RepDistiller's ``Correlation`` loss (the code its README credits to Peng et al.'s authors), **not** the
+    paper's formula: with :math:`\\delta_i = |e^s_i - e^t_i|` per sample, the mean over consecutive samples of
+    :math:`\\sum_d \\delta_{i,d}\\,\\delta_{i+1,d}`."""
+    delta = (student_embedding - teacher_embedding).abs()
+    return (delta[:-1] * delta[1:]).sum(dim=1).mean()
+
+
 class CC(FeatureLossMethod):
     """Correlation congruence (Peng et al. 2019): :math:`\\mathcal{L} = (1-\\alpha)\\mathrm{CE} + \\alpha T^2
-    \\mathrm{KL} + \\beta L_{CC}` (:func:`cc_loss`) on the pooled penultimate vectors, the Gaussian RBF kernel
-    in its P = 2 Taylor form with γ = 0.4.
+    \\mathrm{KL} + \\beta L_{CC}` on the pooled penultimate vectors.
 
-    **Departure.** RepDistiller's ``Correlation`` loss is not the paper's (a mean over consecutive samples of
-    products of embedding differences, weighted 0.02) and its weight does not carry over to the paper's form,
-    whose terms are O(1e-2); ``beta=1`` here is our default, not a published one, and ``alpha=0`` (no KD) is
-    RepDistiller's. Term ``"cc"``.
+    ``form="kernel"`` (default) is the paper's: :func:`cc_loss`, the Gaussian RBF kernel in its P = ``order``
+    Taylor form; γ = 0.4, P = 2 are the defaults of the common port of the paper's form (the Knowledge
+    Distillation Zoo), not numbers we could check in the paper's text. ``beta=1`` (when ``beta`` is None) is our
+    default for this form: no release gives one.
+
+    ``form="release"`` is what RepDistiller runs as "CC" (and so, most likely, what produced CC numbers in tables
+    built with it): both pooled vectors mapped by trainable linear embeddings to ``dim`` = 128, then
+    :func:`release_cc_loss`, weighted ``beta`` = 0.02 when None (its script). Note that this form can be driven
+    to zero by shrinking both embeddings. ``alpha=0`` (no KD) is RepDistiller's. Term ``"cc"``.
     """
 
     term = "cc"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, layers="pooled", beta: float = 1.0,
-                 gamma: float = 0.4, order: int = 2, temperature: float = 4.0, alpha: float = 0.0) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, layers="pooled",
+                 beta: float | None = None, form: str = "kernel", gamma: float = 0.4, order: int = 2,
+                 dim: int = 128, temperature: float = 4.0, alpha: float = 0.0) -> None:
+        if form not in ("kernel", "release"):
+            raise ValueError(f"form is 'kernel' (Peng et al.'s formula) or 'release' (RepDistiller's), got {form!r}")
+        if beta is None:
+            beta = 1.0 if form == "kernel" else 0.02
         super().__init__(student, teacher, layers, beta, temperature, alpha)
         if gamma <= 0 or order < 1:
             raise ValueError(f"gamma must be > 0 and order >= 1, got gamma={gamma}, order={order}")
-        self.gamma, self.order = float(gamma), int(order)
+        self.form, self.gamma, self.order = form, float(gamma), int(order)
+        if form == "release":
+            if len(self.pairs) != 1:
+                raise ValueError("the release form of CC embeds one feature pair")
+            (s, t), = self.pairs
+            c_s = feature_shapes(student, [s])[s]
+            c_t = feature_shapes(teacher, [t])[t]
+            self.embed_student = nn.Linear(math.prod(c_s), dim)
+            self.embed_teacher = nn.Linear(math.prod(c_t), dim)
 
     def feature_loss(self, index: int, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+        if self.form == "release":
+            return release_cc_loss(self.embed_student(student_feature.flatten(1)),
+                                   self.embed_teacher(teacher_feature.detach().flatten(1)))
         return cc_loss(student_feature, teacher_feature, self.gamma, self.order)
