@@ -127,10 +127,10 @@ def rkd_angle_potential(e: Tensor) -> Tensor:
 
 def rkd_loss(student: Tensor, teacher: Tensor, distance_weight: float = 25.0,
              angle_weight: float = 50.0) -> Tensor:
-    """Park et al. (2019): :math:`\\lambda_D \\sum l_\\delta(\\psi_D^T, \\psi_D^S) + \\lambda_A \\sum l_\\delta(\\psi_A^T,
-    \\psi_A^S)` with the Huber loss :math:`l_\\delta` (δ = 1), each averaged over its pairs / triplets (all
-    B² and B³ entries, RepDistiller's reduction); λ_D = 25, λ_A = 50 as the paper's metric-learning setting and
-    RepDistiller. Teacher potentials are constants (no gradient)."""
+    """Park et al. (2019): :math:`\\lambda_D \\sum l_\\delta(\\psi_D^T, \\psi_D^S) + \\lambda_A \\sum
+    l_\\delta(\\psi_A^T, \\psi_A^S)` with the Huber loss :math:`l_\\delta` (δ = 1), each averaged over its pairs /
+    triplets (all B² and B³ entries, RepDistiller's reduction); λ_D = 25, λ_A = 50 as the paper's
+    metric-learning setting and RepDistiller. Teacher potentials are constants (no gradient)."""
     if student.shape[0] < 2:
         return student.sum() * 0.0  # no pair to relate
     s, t = student.flatten(1), teacher.flatten(1).detach()

@@ -18,11 +18,11 @@ def _inverse_softplus(y: float) -> float:
 
 
 class VIDRegressor(nn.Module):
-    """One layer pair's variational distribution :math:`q(t \\mid s) = \\mathcal{N}(\\mu(s), \\sigma^2)`: the mean
-    :math:`\\mu` a 1×1-conv regressor (conv → ReLU → conv → ReLU → conv, ``C_s → C_mid → C_mid → C_t``, as
-    RepDistiller with C_mid = C_t), the variance per teacher channel :math:`\\sigma_c^2 = \\log(1 + e^{\\alpha_c}) +
-    \\epsilon` (Ahn et al. §3, the softplus parameterisation), initialised to ``init_variance`` (RepDistiller's
-    5)."""
+    """One layer pair's variational distribution :math:`q(t \\mid s) = \\mathcal{N}(\\mu(s), \\sigma^2)`: the
+    mean :math:`\\mu` a 1×1-conv regressor (conv → ReLU → conv → ReLU → conv, ``C_s → C_mid → C_mid → C_t``, as
+    RepDistiller with C_mid = C_t), the variance per teacher channel
+    :math:`\\sigma_c^2 = \\log(1 + e^{\\alpha_c}) + \\epsilon` (Ahn et al. §3, the softplus parameterisation),
+    initialised to ``init_variance`` (RepDistiller's 5)."""
 
     def __init__(self, student_channels: int, teacher_channels: int, mid_channels: int | None = None,
                  init_variance: float = 5.0, eps: float = 1e-5) -> None:
@@ -44,10 +44,11 @@ class VIDRegressor(nn.Module):
 
 
 def vid_loss(mean: Tensor, variance: Tensor, target: Tensor) -> Tensor:
-    """Ahn et al. (2019), §3, the Gaussian variational distribution: :math:`-\\log q(t\\mid s) = \\sum_{c,h,w} \\log\\sigma_c +
-    \\frac{(t_{c,h,w} - \\mu_{c,h,w}(s))^2}{2\\sigma_c^2}` (up to a constant), here **averaged** over batch,
-    channels and positions (RepDistiller's reduction): ``mean(0.5 (t - μ)² / σ² + 0.5 log σ²)``. ``variance``
-    ``(C,)`` broadcasts over ``(B, C, H, W)`` (or ``(B, C)``)."""
+    """Ahn et al. (2019), §3, the Gaussian variational distribution:
+    :math:`-\\log q(t\\mid s) = \\sum_{c,h,w} \\log\\sigma_c + (t_{c,h,w} - \\mu_{c,h,w}(s))^2 / (2\\sigma_c^2)`
+    (up to a constant), here **averaged** over batch, channels and positions (RepDistiller's reduction):
+    ``mean(0.5 (t - μ)² / σ² + 0.5 log σ²)``. ``variance`` ``(C,)`` broadcasts over ``(B, C, H, W)`` (or
+    ``(B, C)``)."""
     shape = (1, -1) + (1,) * (target.dim() - 2)
     var = variance.view(shape)
     return (0.5 * (target.detach() - mean).pow(2) / var + 0.5 * torch.log(var)).mean()
