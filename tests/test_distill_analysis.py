@@ -18,8 +18,8 @@ from torch import nn
 
 import kdnb
 from kdnb import distill, glue, profiles
-from kdnb.analysis import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, PairedComparison, Summary, ledger,
-                           paired, summarize, verdict_for_improvement)
+from kdnb.analysis import (INCONCLUSIVE, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, Claim, PairedComparison, Summary,
+                           ledger, paired, summarize, verdict_for_improvement)
 from kdnb.distill import CE, KD, kd_divergence, soft_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,11 +289,19 @@ def test_claims_and_ledger():
     claims = [Claim("KD helps", "+1.2 (CIFAR-100)", "+0.3 ± 0.2", REPRODUCED, "fashion_mnist, 3 seeds"),
               Claim("T=4 is best", "Table 2", "T=2 best", NOT_REPRODUCED)]
     table = ledger(claims)
-    assert list(table.columns) == ["Claim", "The paper", "We measured", "Verdict", "Our setting"]
+    assert list(table.columns) == ["Claim", "The paper", "We measured", "Premise", "Verdict", "Our setting"]
     assert len(table) == 2
-    assert table.iloc[0].tolist() == ["KD helps", "+1.2 (CIFAR-100)", "+0.3 ± 0.2", REPRODUCED,
+    assert table.iloc[0].tolist() == ["KD helps", "+1.2 (CIFAR-100)", "+0.3 ± 0.2", "—", REPRODUCED,
                                       "fashion_mnist, 3 seeds"]
     assert table.iloc[1]["Our setting"] == ""
+    # The premise, the paper's effect, the resolution and the note join their cells.
+    judged = Claim("DKPP helps", "+1.1", "-3.8 ± 1.4", PREMISE_UNMET, premise="teacher ≥ CE student + 3 points: "
+                   "70 vs 76", premise_held=False, n=5, resolution="±1.7 points at n=5", paper_effect="+1.12 points",
+                   note="A stronger teacher.")
+    row = ledger([judged]).iloc[0]
+    assert row["Premise"].endswith("— unmet") and row["The paper"] == "+1.1 (effect: +1.12 points)"
+    assert row["We measured"] == "-3.8 ± 1.4 (resolution: ±1.7 points at n=5)"
+    assert row["Verdict"] == "premise unmet. A stronger teacher."
 
 
 # ---------------------------------------------------------------------------------------------- profiles
