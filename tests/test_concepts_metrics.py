@@ -1,5 +1,6 @@
-"""Concept metrics (Cheng et al., Eqs. 3–5, as the released code computes them) on hand-made entropy maps.
-Every expected value below is worked out by hand from the definitions."""
+"""Concept metrics (Cheng et al., Eqs. 3–5, as the released code computes them), the per-image tables and mode
+agreement built on them (kdnb.concepts.summaries) and the concept figures, on hand-made entropy maps. Every
+expected value below is worked out by hand from the definitions."""
 from __future__ import annotations
 
 import math
@@ -134,3 +135,71 @@ def test_effect_images_filter():
     assert effect_images(entropy, FG).tolist() == [True, False, True, False]
     # all background: no foreground mean, no effect image
     assert not effect_images(entropy, torch.zeros(2, 2, dtype=torch.bool)).any()
+
+
+# ---------------------------------------------------------------- summaries and plots of entropy maps
+from kdnb.concepts import EntropyResult, summaries  # noqa: E402
+from kdnb.concepts import plots as concept_plots  # noqa: E402
+
+
+def result_of(entropy: torch.Tensor, mode: str = "linearised", **settings) -> EntropyResult:
+    n = entropy.shape[0]
+    return EntropyResult(sigma=entropy.exp(), entropy=entropy, mean_entropy=entropy.mean(dim=(1, 2)),
+                         valid=torch.ones(n, dtype=torch.bool), pinned=torch.zeros_like(entropy, dtype=torch.bool),
+                         s_f=torch.ones(n), lam=torch.full((n,), 7.0), step=torch.zeros(n, dtype=torch.long),
+                         history=settings.pop("history", torch.zeros(n, 1)), mode=mode, settings=settings)
+
+
+def test_concept_table_counts_eq3_by_hand() -> None:
+    # 2 images on a 2x2 grid, the left column foreground. Background H: image 0 (0, 0), image 1 (-1, 0) ->
+    # H-bar = mean(0, -0.5) = -0.25; concepts where H < -0.25 - 0.2 = -0.45.
+    entropy = torch.tensor([[[-1.0, 0.0], [-0.3, 0.0]], [[-0.5, -1.0], [0.0, 0.0]]])
+    fg = torch.tensor([[True, False], [True, False]])
+    table = summaries.concept_table(result_of(entropy), fg.expand(2, 2, 2), b=0.2)
+    assert table.attrs["baseline"] == pytest.approx(-0.25)
+    assert table.n_fg.tolist() == [1, 1] and table.n_bg.tolist() == [0, 1]
+    assert table.ratio.tolist() == pytest.approx([1.0, 0.5])  # lambda = 0.75
+    row = summaries.summary_row(table, network="x")
+    assert row["ratio"] == pytest.approx(0.75) and row["n_bg_std"] == pytest.approx(2 ** -0.5)
+
+
+def test_mode_agreement_contrast_passes_and_pairing() -> None:
+    g = torch.Generator().manual_seed(0)
+    entropy = torch.randn(3, 4, 4, generator=g)
+    fg = torch.zeros(3, 4, 4, dtype=torch.bool)
+    fg[:, 1:3, 1:3] = True
+    same = summaries.mode_agreement(result_of(entropy), result_of(entropy.clone()), fg, b=0.2)
+    assert same.spearman.tolist() == pytest.approx([1.0] * 3)
+    assert all(v == 1.0 or v != v for v in same.iou)  # identical sets: IoU 1 (NaN when both are empty)
+    flipped = summaries.mode_agreement(result_of(entropy), result_of(-entropy), fg, b=0.2)
+    assert flipped.spearman.tolist() == pytest.approx([-1.0] * 3)
+    contrast = summaries.foreground_contrast(result_of(entropy), fg)
+    by_hand = [float(entropy[i][~fg[i]].mean() - entropy[i][fg[i]].mean()) for i in range(3)]
+    assert contrast.tolist() == pytest.approx(by_hand, rel=1e-5)
+    history = torch.tensor([[1.0, 2.0, float("nan")], [1.0, 2.0, 3.0], [1.0, float("nan"), float("nan")]])
+    faithful = result_of(entropy, mode="faithful", samples=16, sf_samples=48, history=history)
+    assert summaries.passes_per_image(faithful) == pytest.approx(16 * 2 + 48)  # 2 steps on average
+    assert summaries.passes_per_image(result_of(entropy, vjps=16)) == 16
+    a = summaries.concept_table(result_of(entropy), fg, b=0.0)
+    c = a.assign(n_fg=a.n_fg + 2)
+    diff = summaries.paired_over_images(c, a, "n_fg").difference
+    assert diff.mean == 2 and diff.n == 3
+    assert summaries.mean_std([1.0, 3.0]) == "2.00 ± 1.41" and summaries.mean_std([2.0]) == "2.00"
+    assert summaries.mean_std([float("nan")]) == "—" and summaries.mean_std([0.5], 0.25) == "0.50 ± 0.25"
+
+
+def test_concept_figures_draw() -> None:
+    import matplotlib.pyplot as plt
+
+    images = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    fg = torch.zeros(2, 4, 4, dtype=torch.bool)
+    fg[:, 1:3, 1:3] = True
+    entropy = torch.randn(2, 4, 4)
+    figures = [concept_plots.entropy_maps(images, {"fc1": entropy, "fc2": entropy}, fg, titles=["a", "b"]),
+               concept_plots.concept_maps(images, {"s": entropy < 0, "b": entropy < 1}, fg),
+               concept_plots.mode_agreement_scatter(entropy, entropy + 0.1, "x", "y"),
+               concept_plots.samples_with_masks(images, torch.tensor([[2, 2, 10, 12], [0, 0, 16, 16]]),
+                                                images[:, 0] > 100, fg, 4)]
+    assert all(len(f.axes) > 0 for f in figures)
+    for f in figures:
+        plt.close(f)

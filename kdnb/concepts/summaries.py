@@ -1,11 +1,10 @@
-"""Per-image tables and comparisons of Part I's chapters I.1 and I.2 (Cheng et al., CVPR 2020, Eq. 3).
+"""Per-image tables and comparisons of entropy maps (Cheng et al., CVPR 2020, Eq. 3), for any network.
 
 - :func:`concept_table` — N_fg, N_bg and the per-image ratio N_fg / (N_fg + N_bg) of every probe image (Eq. 3),
   with the dataset-level background baseline H̄ of that network and layer.
 - :func:`mode_agreement` — how well one estimator mode reproduces another on the same images: Spearman's rank
-  correlation of the H maps and the IoU of the concept sets, per image; :func:`validate_proxy` does it for the
-  faithful mode and the linearised proxy at every architecture and layer, with the trust rule, and
-  :func:`proxy_verdict` judges the whole.
+  correlation of the H maps and the IoU of the concept sets, per image.
+- :func:`mean_std` — "mean ± std" of a column, the spread shown beside every mean.
 - :func:`passes_per_image` — the network forward+backward passes an estimate cost per image (the proxy's
   speed-up over the Monte-Carlo modes, counted rather than timed).
 - :func:`paired_over_images` — a network-vs-network difference paired over probe images (Hypothesis 1).
@@ -14,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,14 +21,12 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from ..analysis import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, PairedComparison, paired
+from ..analysis import PairedComparison, paired
 from .estimator import EntropyResult
 from .metrics import background_baseline, concept_map, count_concepts
 
-__all__ = ["concept_table", "mode_agreement", "validate_proxy", "proxy_verdict", "mean_std", "passes_per_image",
-           "paired_over_images", "foreground_contrast", "summary_row"]
-
-MIN_IMAGES = 3  # the trust rule needs at least this many images with both modes
+__all__ = ["concept_table", "mode_agreement", "mean_std", "passes_per_image", "paired_over_images",
+           "foreground_contrast", "summary_row"]
 
 
 def concept_table(result: EntropyResult, fg: Tensor, b: float, baseline: float | None = None) -> pd.DataFrame:
@@ -81,45 +78,6 @@ def mean_std(values: Any, std: float | None = None, digits: int = 2) -> str:
     if spread is None or not math.isfinite(spread):
         return f"{x.mean():.{digits}f}"
     return f"{x.mean():.{digits}f} ± {spread:.{digits}f}"
-
-
-def validate_proxy(teachers: Mapping[str, Any], maps: Callable[[Any, str, str], EntropyResult],
-                   layers: Sequence[str], fg: Tensor, b: Mapping[str, float], rho_min: float = 0.7,
-                   iou_min: float = 0.5) -> pd.DataFrame:
-    """The linearised proxy against the faithful estimator at every architecture (``teachers``: ``{arch: run}``)
-    and layer: ``maps(run, layer, mode)`` gives the entropy maps of the validation images (foreground ``fg``,
-    threshold ``b[arch]``). One row per (architecture, layer): ``images``, the mean, standard deviation and
-    minimum over images of Spearman's ρ between the two maps, the mean and standard deviation of the concept
-    sets' IoU (over images where either set is non-empty), the concepts per image of each mode, and
-    ``trusted`` — the rule: at least :data:`MIN_IMAGES` images, mean ρ ≥ ``rho_min`` and mean IoU ≥
-    ``iou_min``."""
-    rows = []
-    for arch, run in teachers.items():
-        for layer in layers:
-            agreement = mode_agreement(maps(run, layer, "faithful"), maps(run, layer, "linearised"), fg, b[arch])
-            spearman, iou = agreement.spearman.to_numpy(float), agreement.iou.to_numpy(float)
-            s, i = spearman[np.isfinite(spearman)], iou[np.isfinite(iou)]
-            row = {"architecture": arch, "layer": layer, "images": len(agreement),
-                   "spearman_mean": float(s.mean()) if len(s) else math.nan,
-                   "spearman_std": float(s.std(ddof=1)) if len(s) > 1 else math.nan,
-                   "spearman_min": float(s.min()) if len(s) else math.nan,
-                   "iou_mean": float(i.mean()) if len(i) else math.nan,
-                   "iou_std": float(i.std(ddof=1)) if len(i) > 1 else math.nan,
-                   "concepts per image": f"{agreement.concepts_reference.mean():.1f} vs "
-                                         f"{agreement.concepts_other.mean():.1f}"}
-            row["trusted"] = bool(len(agreement) >= MIN_IMAGES and row["spearman_mean"] >= rho_min
-                                  and row["iou_mean"] >= iou_min)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def proxy_verdict(validation: pd.DataFrame) -> str:
-    """The claim "the proxy reproduces the faithful estimator wherever it is used": *reproduced* when the trust
-    rule holds at every architecture and layer of ``validation`` (:func:`validate_proxy`), *not reproduced* when
-    it fails at one, *inconclusive* when fewer than :data:`MIN_IMAGES` images were compared."""
-    if validation.empty or int(validation.images.min()) < MIN_IMAGES:
-        return INCONCLUSIVE
-    return REPRODUCED if bool(validation.trusted.all()) else NOT_REPRODUCED
 
 
 def passes_per_image(result: EntropyResult) -> float:

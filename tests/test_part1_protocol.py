@@ -1,4 +1,4 @@
-"""Part I's protocol (kdnb.concepts.protocol): the run specs are valid for every architecture and layer (built on
+"""Part I's protocol (kdnb.studies.part1.protocol) and proxy check (kdnb.studies.part1.proxy): the run specs are valid for every architecture and layer (built on
 the meta device, stages fitting the schedule), one teacher per architecture and seed-distinct subsets for
 students and baselines, checkpoints g_1 … g_M increasing, dense early and never the initial weights, the probe
 images are the test images normalised as the trainer does with their boxes on the grid, the weight distance is
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kdnb import data, distill, models
-from kdnb.concepts import protocol as P
+from kdnb.studies.part1 import protocol as P
 from kdnb.modules import parameters_under
 from kdnb.train import _stage_plan
 
@@ -179,9 +179,9 @@ def test_probe_images_are_normalised_test_images_with_boxes_on_the_grid() -> Non
     assert torch.equal(P.probe_images("smoke").images, probe.images)  # deterministic
 
 
-# ---------------------------------------------------------------- summaries and plots of I.1 / I.2
-from kdnb.concepts import EntropyResult, summaries  # noqa: E402
-from kdnb.concepts import plots as concept_plots  # noqa: E402
+# ---------------------------------------------------------------- the proxy against the faithful estimator
+from kdnb.concepts import EntropyResult  # noqa: E402
+from kdnb.studies.part1 import proxy  # noqa: E402
 
 
 def result_of(entropy: torch.Tensor, mode: str = "linearised", **settings) -> EntropyResult:
@@ -190,42 +190,6 @@ def result_of(entropy: torch.Tensor, mode: str = "linearised", **settings) -> En
                          valid=torch.ones(n, dtype=torch.bool), pinned=torch.zeros_like(entropy, dtype=torch.bool),
                          s_f=torch.ones(n), lam=torch.full((n,), 7.0), step=torch.zeros(n, dtype=torch.long),
                          history=settings.pop("history", torch.zeros(n, 1)), mode=mode, settings=settings)
-
-
-def test_concept_table_counts_eq3_by_hand() -> None:
-    # 2 images on a 2x2 grid, the left column foreground. Background H: image 0 (0, 0), image 1 (-1, 0) ->
-    # H-bar = mean(0, -0.5) = -0.25; concepts where H < -0.25 - 0.2 = -0.45.
-    entropy = torch.tensor([[[-1.0, 0.0], [-0.3, 0.0]], [[-0.5, -1.0], [0.0, 0.0]]])
-    fg = torch.tensor([[True, False], [True, False]])
-    table = summaries.concept_table(result_of(entropy), fg.expand(2, 2, 2), b=0.2)
-    assert table.attrs["baseline"] == pytest.approx(-0.25)
-    assert table.n_fg.tolist() == [1, 1] and table.n_bg.tolist() == [0, 1]
-    assert table.ratio.tolist() == pytest.approx([1.0, 0.5])  # lambda = 0.75
-    row = summaries.summary_row(table, network="x")
-    assert row["ratio"] == pytest.approx(0.75) and row["n_bg_std"] == pytest.approx(2 ** -0.5)
-
-
-def test_mode_agreement_contrast_passes_and_pairing() -> None:
-    g = torch.Generator().manual_seed(0)
-    entropy = torch.randn(3, 4, 4, generator=g)
-    fg = torch.zeros(3, 4, 4, dtype=torch.bool)
-    fg[:, 1:3, 1:3] = True
-    same = summaries.mode_agreement(result_of(entropy), result_of(entropy.clone()), fg, b=0.2)
-    assert same.spearman.tolist() == pytest.approx([1.0] * 3)
-    assert all(v == 1.0 or v != v for v in same.iou)  # identical sets: IoU 1 (NaN when both are empty)
-    flipped = summaries.mode_agreement(result_of(entropy), result_of(-entropy), fg, b=0.2)
-    assert flipped.spearman.tolist() == pytest.approx([-1.0] * 3)
-    contrast = summaries.foreground_contrast(result_of(entropy), fg)
-    by_hand = [float(entropy[i][~fg[i]].mean() - entropy[i][fg[i]].mean()) for i in range(3)]
-    assert contrast.tolist() == pytest.approx(by_hand, rel=1e-5)
-    history = torch.tensor([[1.0, 2.0, float("nan")], [1.0, 2.0, 3.0], [1.0, float("nan"), float("nan")]])
-    faithful = result_of(entropy, mode="faithful", samples=16, sf_samples=48, history=history)
-    assert summaries.passes_per_image(faithful) == pytest.approx(16 * 2 + 48)  # 2 steps on average
-    assert summaries.passes_per_image(result_of(entropy, vjps=16)) == 16
-    a = summaries.concept_table(result_of(entropy), fg, b=0.0)
-    c = a.assign(n_fg=a.n_fg + 2)
-    diff = summaries.paired_over_images(c, a, "n_fg").difference
-    assert diff.mean == 2 and diff.n == 3
 
 
 def test_proxy_validation_rule_per_architecture_and_layer() -> None:
@@ -241,32 +205,13 @@ def test_proxy_validation_rule_per_architecture_and_layer() -> None:
     def fn(run, layer, mode):
         return result_of(maps[(run, layer, mode)])
 
-    table = summaries.validate_proxy({"a": "a"}, fn, ["fc1", "fc2"], fg, {"a": 0.2})
+    table = proxy.validate_proxy({"a": "a"}, fn, ["fc1", "fc2"], fg, {"a": 0.2})
     assert table.spearman_mean.iloc[0] == pytest.approx(1.0) and table.spearman_std.iloc[0] == pytest.approx(0.0)
-    assert table.trusted.tolist() == [True, True] and summaries.proxy_verdict(table) == "reproduced"
-    flipped = summaries.validate_proxy({"a": "a", "b": "b"}, fn, ["fc1"], fg, {"a": 0.2, "b": 0.2})
+    assert table.trusted.tolist() == [True, True] and proxy.proxy_verdict(table) == "reproduced"
+    flipped = proxy.validate_proxy({"a": "a", "b": "b"}, fn, ["fc1"], fg, {"a": 0.2, "b": 0.2})
     assert flipped.trusted.tolist() == [True, False]  # one failing architecture fails the claim
     assert flipped.spearman_mean.iloc[1] == pytest.approx(-1.0)
-    assert summaries.proxy_verdict(flipped) == "not reproduced"
-    few = summaries.validate_proxy({"a": "a"}, lambda run, layer, mode: result_of(maps[(run, layer, mode)][:2]),
+    assert proxy.proxy_verdict(flipped) == "not reproduced"
+    few = proxy.validate_proxy({"a": "a"}, lambda run, layer, mode: result_of(maps[(run, layer, mode)][:2]),
                                    ["fc1"], fg[:2], {"a": 0.2})
-    assert summaries.proxy_verdict(few) == "inconclusive at this scale" and not few.trusted.iloc[0]
-    assert summaries.mean_std([1.0, 3.0]) == "2.00 ± 1.41" and summaries.mean_std([2.0]) == "2.00"
-    assert summaries.mean_std([float("nan")]) == "—"
-
-
-def test_concept_figures_draw() -> None:
-    import matplotlib.pyplot as plt
-
-    images = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
-    fg = torch.zeros(2, 4, 4, dtype=torch.bool)
-    fg[:, 1:3, 1:3] = True
-    entropy = torch.randn(2, 4, 4)
-    figures = [concept_plots.entropy_maps(images, {"fc1": entropy, "fc2": entropy}, fg, titles=["a", "b"]),
-               concept_plots.concept_maps(images, {"s": entropy < 0, "b": entropy < 1}, fg),
-               concept_plots.mode_agreement_scatter(entropy, entropy + 0.1, "x", "y"),
-               concept_plots.samples_with_masks(images, torch.tensor([[2, 2, 10, 12], [0, 0, 16, 16]]),
-                                                images[:, 0] > 100, fg, 4)]
-    assert all(len(f.axes) > 0 for f in figures)
-    for f in figures:
-        plt.close(f)
+    assert proxy.proxy_verdict(few) == "inconclusive at this scale" and not few.trusted.iloc[0]

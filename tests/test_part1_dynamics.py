@@ -1,4 +1,5 @@
-"""kdnb.concepts.dynamics: trajectories of concepts over checkpoints, Fig. 4's sets, Table 3's wins.
+"""kdnb.studies.part1.dynamics: trajectories of concepts over g_1 … g_M, Fig. 4's sets, Table 3, the H2 control and
+the one rule for Hypotheses 1–3 (Holm over a family of seed-paired comparisons).
 
 Every expected value is worked out by hand from the paper's Eqs. 3–5 on small maps written out below.
 """
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from kdnb.analysis import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-from kdnb.concepts import dynamics
+from kdnb.studies.part1 import dynamics
 
 # A 2×2 grid; foreground = the left column. With H̄ computed from these maps and b = 0.2:
 FG = torch.tensor([[True, False], [True, False]])
@@ -238,7 +239,7 @@ def test_figures_draw_what_the_frames_hold():
 
     from PIL import Image
 
-    from kdnb.concepts import plots_dynamics
+    from kdnb.studies.part1 import plots_dynamics
 
     pair = _pair()
     trajectories = {("a", "fc1", n, 0): t for n, t in pair.items()}
@@ -373,3 +374,19 @@ def test_paper_effects_in_our_units():
     ours = dynamics.paper_effects(grid=16, frame=frame)
     assert ours["d_mean"] / 3.0 == pytest.approx(ours["d_mean_rel"] / 0.6)  # one relative effect, two scales
     assert 0 < ours["d_mean"] < 3.0
+
+
+def test_win_grid_draws_holm_decisions_and_an_empty_tally():
+    import matplotlib.pyplot as plt
+
+    from kdnb.studies.part1 import plots_dynamics
+
+    family = dynamics.judge(_seed_frame(CELLS), H1_TWO, "H1")
+    fig = plots_dynamics.win_grid(family.table)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("S") == 2 and texts.count("B") == 1 and texts.count("·") == 1  # for, for, against, undecided
+    plt.close(fig)
+    empty = dynamics.judge(_seed_frame(CELLS), H1_TWO, architectures=[])
+    fig = plots_dynamics.win_grid(empty.table)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no comparison in the tally"]
+    plt.close(fig)

@@ -38,9 +38,10 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from .. import analysis
-from ..analysis import INCONCLUSIVE, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, Claim, PairedComparison, Premise
-from .metrics import LearningSpeed, background_baseline, concept_map, lambda_ratio, learning_speed, stability
+from ... import analysis
+from ...analysis import INCONCLUSIVE, NOT_REPRODUCED, PREMISE_UNMET, REPRODUCED, Claim, PairedComparison, Premise
+from ...concepts.metrics import (LearningSpeed, background_baseline, concept_map, lambda_ratio, learning_speed,
+                                 stability)
 
 __all__ = ["Metric", "METRICS", "CONTROL_METRICS", "HYPOTHESES", "NETWORKS", "Trajectory", "trajectory",
            "UnionSets", "union_sets", "curves_frame", "peaks_frame", "stability_frame", "metrics_frame",
@@ -448,7 +449,7 @@ def judge(frame: pd.DataFrame, metrics: Sequence[Metric], name: str = "", weak: 
 
     Left out, and listed in ``left_out``: every cell of an architecture not in ``architectures`` (those whose
     premise held; None: all), the seeds of a cell where the student or the baseline is in ``weak`` (the rows of
-    :func:`kdnb.concepts.protocol.weak`: networks below twice chance), and a cell left with fewer than
+    :func:`kdnb.studies.part1.protocol.weak`: networks below twice chance), and a cell left with fewer than
     :data:`kdnb.analysis.MIN_PAIRS` seeds. A comparison whose metric is undefined on some seeds (ρ of a network
     without any foreground concept) keeps the other seeds."""
     weak_baselines, weak_students = _weak_keys(weak)
@@ -612,10 +613,10 @@ def family_claim(claim: str, paper: str, family: Family, premise: Premise, paper
 def measure(profile, arch: str, layer: str, network: str, probe=None, seed: int = 0) -> Trajectory:
     """The :class:`Trajectory` of Part I's ``network`` (``"student"``: distilled at ``layer``; ``"baseline"``)
     of ``arch`` and seed ``seed`` at FC ``layer`` over the protocol's checkpoints g_1 … g_M
-    (:mod:`kdnb.concepts.protocol`): the run is trained or loaded, the probe images' entropy maps are computed or
+    (:mod:`kdnb.studies.part1.protocol`): the run is trained or loaded, the probe images' entropy maps are computed or
     read from the analysis cache at every checkpoint, b is the architecture's (0.25 for AlexNet), the weight
     distance that of the layer's weights."""
-    from .. import runs
+    from ... import runs
     from . import protocol
 
     if network not in NETWORKS:
@@ -634,9 +635,9 @@ def effect_filter(profile, probe, keys: Sequence[Key]) -> dict[Key, Tensor]:
     """The released code's image filter (:func:`kdnb.concepts.effect_images`) on the final checkpoint g_M, as the
     released code compares two networks: per key ``(arch, layer, network, seed)``, the probe images that are
     "effect" images of *both* that seed's student and baseline (bool ``(N,)``)."""
-    from .. import runs
+    from ... import runs
+    from ...concepts.metrics import effect_images
     from . import protocol
-    from .metrics import effect_images
 
     last = protocol.scale(profile).checkpoints[-1]
     kept: dict[tuple, Tensor] = {}

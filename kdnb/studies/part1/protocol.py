@@ -38,12 +38,12 @@ from torch import Tensor
 
 import pandas as pd
 
-from .. import data, profiles
-from ..analysis import TEACHER_MARGIN, Premise, all_of, teacher_beats_student
-from ..distill.mimic import LAYERS, MIMIC_FEATURE
-from ..runs import RunSpec
-from ..train import Schedule, step_of
-from .estimator import EntropyResult
+from ... import data, profiles
+from ...analysis import TEACHER_MARGIN, Premise, all_of, teacher_beats_student
+from ...concepts.estimator import EntropyResult
+from ...distill.mimic import LAYERS, MIMIC_FEATURE
+from ...runs import RunSpec
+from ...train import Schedule, step_of
 
 __all__ = ["ARCHITECTURES", "LAYERS", "B", "LAMBDA", "FC_MODULE", "CHANCE_FACTOR", "TEACHER_SEED", "ConceptScale",
            "scale", "teacher", "student", "baseline", "ProbeImages", "probe_images", "entropy", "weight_distances",
@@ -142,8 +142,8 @@ _SCALES: dict[str, ConceptScale] = {
         profile="smoke", dataset="cluttered_fashion_mnist", architectures=("alexnet_small",),
         model_args={"alexnet_small": {"width": 0.25, "fc_width": 64}, "vgg11-fc": {"width": 0.125, "fc_width": 64},
                     "resnet20-fc": {"width": 0.25, "fc_width": 64}},
-        train_per_class=8, test_per_class=4, teacher_per_class=12, epochs=2, classify_epochs=1, teacher_epochs=2,
-        batch_size=32, lr=0.05, checkpoints=(0.5, 1, 2), images=4, grid=8, mode="linearised",
+        train_per_class=8, test_per_class=4, teacher_per_class=12, epochs=1, classify_epochs=1, teacher_epochs=2,
+        batch_size=32, lr=0.05, checkpoints=(0.25, 0.5, 1), images=4, grid=8, mode="linearised",
         options=_ESTIMATOR_SMOKE, faithful_images=1, seeds=(0, 1, 2)),
     "book": ConceptScale(
         profile="book", dataset="cluttered_fashion_mnist", architectures=("alexnet_small", "vgg11-fc"),
@@ -242,7 +242,7 @@ def accuracies(profile: Any, architectures: Any = None, seeds: Any = None) -> pd
     """Every Part I network's final test accuracy, training the runs that are not cached: one row per run with
     ``architecture``, ``network`` (``"teacher"``, ``"baseline"``, ``"student"``), ``layer`` (the student's FC
     layer; ``""`` otherwise), ``seed`` and ``accuracy`` (%)."""
-    from .. import runs
+    from ... import runs
 
     s = scale(profile)
     rows = []
@@ -369,7 +369,7 @@ def entropy(run: Any, layer: str, probe: ProbeImages, profile: Any, epoch: float
     """The entropy maps of ``probe`` at FC ``layer`` (feature :func:`feature_of`) of ``run``'s ``network`` at
     checkpoint ``epoch`` (``None``: final weights), with the scale's ``mode`` and options unless ``mode`` is
     given; computed once, then read from the analysis cache (:func:`kdnb.concepts.run_entropy`)."""
-    from . import run_entropy
+    from ...concepts import run_entropy
 
     s = scale(profile)
     _check(run.spec.model, layer)
@@ -382,7 +382,7 @@ def weight_distances(run: Any, layer: str, epochs: Any) -> Tensor:
     """Hypothesis 2's weight distance of FC ``layer`` at each checkpoint epoch of ``epochs``: the cumulative
     Σ_t ‖w_t − w_{t−1}‖ / ‖w_0‖ over optimiser steps (the released code sums per iteration, estimator.md §4.2),
     from the run's ``path_length:<module>`` series. Returns a float tensor ``(len(epochs),)``."""
-    from .metrics import weight_distance
+    from ...concepts.metrics import weight_distance
 
     _check(ARCHITECTURES[0], layer)
     prefix = FC_MODULE[layer]

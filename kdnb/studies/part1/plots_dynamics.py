@@ -1,7 +1,7 @@
 """Figures of Part I's chapters on learning dynamics (I.3, Hypothesis 2; I.4, Hypothesis 3 and Table 3).
 
 Each function returns its ``Figure`` (or a pandas ``Styler``) and never calls ``show``. The frames they draw come
-from :mod:`kdnb.concepts.dynamics`.
+from :mod:`kdnb.studies.part1.dynamics`.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def concept_curves(curves: pd.DataFrame, x: str = "weight distance", y: str = "N
 
 def distance_at_peak(peaks: pd.DataFrame, y: str = "distance at m̂") -> Figure:
     """Each probe image's weight distance at m̂ (the first checkpoint with most foreground concepts) — or another
-    column ``y`` of :func:`~kdnb.concepts.dynamics.peaks_frame`, such as ``"share of the path at m̂"`` (the H2
+    column ``y`` of :func:`~kdnb.studies.part1.dynamics.peaks_frame`, such as ``"share of the path at m̂"`` (the H2
     control) — student vs baseline, one panel per architecture, layers along x, every image of every seed a dot:
     the spread of the dots is what D_std measures, their mean (a bar) D_mean."""
     architectures = list(dict.fromkeys(peaks["architecture"]))
@@ -174,14 +174,20 @@ def rho_by_cell(stability: pd.DataFrame) -> Figure:
 
 def win_grid(decided: pd.DataFrame, title: str = "") -> Figure:
     """Table 3's verdict cells at a glance: rows architecture · layer, columns the six metrics, coloured by who
-    is better — student (S), baseline (B), tie, or n/a (a :func:`~kdnb.concepts.dynamics.wins` frame), or, for a
-    :class:`~kdnb.concepts.dynamics.Family` table (a ``decision`` column), by the Holm decision: S (significantly
+    is better — student (S), baseline (B), tie, or n/a (a :func:`~kdnb.studies.part1.dynamics.wins` frame), or, for a
+    :class:`~kdnb.studies.part1.dynamics.Family` table (a ``decision`` column), by the Holm decision: S (significantly
     for the student), B (against), ``·`` (undecided); cells left out of the tally stay blank."""
     order = {"S": 0, "B": 1, "tie": 2, "·": 2, "n/a": 3}
     labels = [m.label for m in METRICS]
     if "decision" in decided.columns:
         decided = decided.assign(winner=decided.decision.map({"for": "S", "against": "B", "undecided": "·"}))
     rows = list(dict.fromkeys(zip(decided.architecture, decided.layer)))
+    if not rows:  # every cell left out of the tally: say so instead of drawing an empty grid
+        fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.2, 1.3))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no comparison in the tally", ha="center", va="center", fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        return fig
     grid = np.full((len(rows), len(labels)), 3)
     text = np.full((len(rows), len(labels)), "", dtype=object)
     for r in decided.itertuples():
