@@ -93,7 +93,11 @@ def test_paper_numbers():
 def test_table1_specs(name):
     profile = profiles.get(name)
     teacher = dissection.table1_teacher(profile)
-    assert teacher == recipes.part3(profile, "cnn10", "ce", 0)
+    if name == "paper":
+        assert teacher == recipes.part3(profile, "cnn10", "ce", 0)  # the paper's CNN-10, trained like its students
+    else:  # the book's shared teacher (Part 0's), on more data than its students: the KD premise
+        assert teacher == recipes.teacher(profile)
+        assert teacher.train_per_class > recipes.part3(profile, "cnn6").train_per_class
     for student in dissection.table1_students(profile):
         for label, (method, _) in dissection.TABLE1_METHODS.items():
             spec = dissection.table1_spec(profile, student, label, 1, teacher)
@@ -107,6 +111,24 @@ def test_table1_specs(name):
     # CE is the very run other chapters ask for
     assert dissection.table1_spec(profile, "cnn6", "CE", 0, teacher) == recipes.part3(profile, "cnn6", "ce", 0)
     assert "cnn8" in dissection.table1_students(profiles.get("paper"))
+
+
+def test_table1_runs_the_decisive_columns_on_five_seeds_at_book():
+    book = profiles.get("book")
+    teacher = dissection.table1_teacher(book)
+    specs = dissection.table1_specs(book, "cnn6", teacher)
+    seeds = {}
+    for labels, spec in specs:
+        seeds.setdefault(labels["method"], []).append(labels["seed"])
+        assert spec.seed == labels["seed"] and spec.subset_seed == labels["seed"]  # each seed its own subset
+    assert {m: len(s) for m, s in seeds.items()} == {"CE": 5, "KD": 5, "DKPP": 5, "CWTM": 3, "CWTM-Permut": 3,
+                                                     "CWTM-Random": 3}
+    assert len(specs) == len({spec.key() for _, spec in specs}) == 3 * 5 + 3 * 3
+
+
+def test_table6_models_drop_the_resnet14_below_paper():
+    assert dissection.table6_models(profiles.get("paper")) == ("resnet8", "resnet14", "mlp")
+    assert dissection.table6_models(profiles.get("book")) == ("resnet8", "mlp")
 
 
 def test_unknown_column_and_profile_name_the_choices():

@@ -7,12 +7,14 @@ This module decides, once, everything the four comparisons are made of:
 - the paper's hyper-parameter sweeps (:data:`SWEEPS`), the smaller grids the ``smoke`` and ``book`` profiles run
   (:meth:`Sweep.grid`), and the paper's "report the best" selection (:func:`select_best`), done on the first seed
   only and the chosen value then trained on every seed (:func:`run_sweep`);
-- the born-again teacher of each seed (:func:`born_again_teacher_seed`), the ResNet-26 teacher and the TAKD chains
-  (:func:`teacher`, :func:`takd_chain`);
-- the verdict rules of claims over several competitors (:func:`verdict_for_all`) and of "competitive with"
-  (:func:`verdict_for_competitive`).
+- the born-again student of each seed (:func:`born_again_student_seed`: its teacher is the CE run of its seed),
+  the teacher of Table 5 and the TAKD chains (:func:`teacher`, :func:`takd_chain`);
+- the premise each table's claims stand on (:func:`premise`): the CE runs over-fit (Tables 2–4: regularizers,
+  and the born-again teachers trained to convergence), the teacher and the assistant lead the CE student
+  (Table 5).
 
-Nothing here trains at import; :func:`build` trains (or loads) one table for one model.
+The verdict rules themselves (intersection–union and Holm over a family, non-inferiority within a margin) are
+:mod:`kdnb.analysis`'s. Nothing here trains at import; :func:`build` trains (or loads) one table for one model.
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .. import recipes, runs
-from ..analysis import (PairedComparison, paired_by_seed, verdict_for_all, verdict_for_competitive,  # noqa: F401
-                        verdict_for_competitive_with_all, verdict_for_improvement)
+from .. import analysis, recipes, runs
+from ..analysis import PairedComparison, Premise, paired_by_seed, verdict_for_improvement
 from ..profiles import Profile
 from ..runs import Run, RunSpec
 
@@ -34,7 +35,6 @@ ERROR = "test error (%)"
 # §5.3: "the temperature is set to 4, and lambda = 0.1 for the ... cross-entropy term" in every distillation
 # method (KD's alpha weighs the KD term, so alpha = 1 - lambda).
 KD_ARGS = {"temperature": 4.0, "alpha": 0.9}
-TEACHER_MODEL = "resnet26"  # §5.3; it reaches 91.51% on CIFAR-10 in the paper
 TAKD_ASSISTANT = {"resnet14": "resnet20", "resnet8": "resnet14"}  # §5.3: 26 -> 20 -> 14 and 26 -> 14 -> 8
 HINT_LAYER = "stage2"  # §5.3: "the representation of the 2nd layer of ResNet26 as the Hint" (guided: the same)
 BAN_CE_WEIGHT = 0.1  # §5.2: BAN+L, "the regularization strength is lambda = 0.1"
@@ -47,9 +47,10 @@ class Sweep:
 
     ``paper`` is the paper's grid and ``paper_best`` the value it reports as best; ``book`` the smaller grid the
     ``book`` profile runs on ResNets (it holds ``paper_best``). ``in_model``: the parameter is a model option
-    (dropout), else a method argument. ``fixed``: other method arguments. ``born_again``: the run's teacher is a
-    CE run of the same model (:func:`born_again_teacher_seed`). ``follows``: the label of another sweep whose
-    selected value this one takes instead of sweeping (BAN+L takes BAN's temperature).
+    (dropout), else a method argument. ``fixed``: other method arguments. ``born_again``: the run's teacher is
+    the CE run of its seed and the student starts from another initialisation (:func:`born_again_student_seed`).
+    ``follows``: the label of another sweep whose selected value this one takes instead of sweeping (BAN+L takes
+    BAN's temperature).
     """
 
     label: str
@@ -91,9 +92,10 @@ class Sweep:
             model_args[self.parameter] = value
         else:
             method_args[self.parameter] = value
-        teacher_spec = ce(profile, model, born_again_teacher_seed(profile, seed)) if self.born_again else None
-        return recipes.part3(profile, model, self.method, seed, method_args=method_args, teacher=teacher_spec,
-                             model_args=model_args)
+        if self.born_again:
+            return recipes.part3(profile, model, self.method, born_again_student_seed(seed), method_args=method_args,
+                                 teacher=ce(profile, model, seed), model_args=model_args, subset_seed=seed)
+        return recipes.part3(profile, model, self.method, seed, method_args=method_args, model_args=model_args)
 
 
 SWEEPS: dict[str, Sweep] = {s.label: s for s in (
@@ -130,14 +132,14 @@ def select_best(scores: Mapping[float, float]) -> float:
 
 
 def selection_seed(profile: Profile) -> int:
-    """The seed the sweeps are run and selected on: the profile's first."""
-    return profile.seeds[0]
+    """The seed the sweeps are run and selected on: the first of :func:`seeds`."""
+    return seeds(profile)[0]
 
 
 @dataclass
 class SweepResult:
-    """A sweep at one profile for one model: the selection seed's accuracy per value, the chosen value, and the
-    runs of that value on every seed (``{seed: Run}``)."""
+    """A sweep at one profile for one model: the selection seed's accuracy per value, the chosen value, the
+    runs of that value on every seed (``{seed: Run}``) and their accuracies (``{seed: %}``)."""
 
     sweep: Sweep
     model: str
@@ -145,11 +147,12 @@ class SweepResult:
     scores: dict[float, float]
     best: float
     runs: dict[int, Run] = field(repr=False)
+    accuracies: dict[int, float] = field(default_factory=dict)
 
     def optimism(self) -> float:
         """The chosen value's accuracy on the selection seed minus its mean on the other seeds (NaN with one
         seed): how much the seed it was picked on flatters the winner of a sweep."""
-        others = [accuracy(run) for seed, run in self.runs.items() if seed != self.seed]
+        others = [acc for seed, acc in self.accuracies.items() if seed != self.seed]
         return self.scores[self.best] - sum(others) / len(others) if others else math.nan
 
     def frame(self) -> pd.DataFrame:
@@ -159,25 +162,36 @@ class SweepResult:
                              for value, score in self.scores.items()])
 
 
-def accuracy(run: Run) -> float:
-    """A run's final test accuracy in percent."""
-    return 100.0 * float(run.final["test_acc"])
+def seeds(profile: Profile) -> tuple[int, ...]:
+    """The seeds every table of this chapter runs (:func:`kdnb.recipes.part3_seeds`)."""
+    return recipes.part3_seeds(profile)
+
+
+def accuracy(run: Run, profile: Profile) -> float:
+    """A run's final test accuracy in percent, on Part III's evaluation set at ``profile``
+    (:func:`kdnb.recipes.part3_test_accuracy`)."""
+    return recipes.part3_test_accuracy(run, profile)
+
+
+Measure = Callable[[Run], float]
 
 
 def run_sweep(profile: Profile, sweep: Sweep, model: str, value: float | None = None,
-              train: Callable[[RunSpec], Run] | None = None) -> SweepResult:
+              train: Callable[[RunSpec], Run] | None = None, measure: Measure | None = None) -> SweepResult:
     """Train ``sweep``'s grid on the selection seed, select the best (:func:`select_best`), then train that value
-    on every seed of ``profile``. ``value`` skips the sweep and trains that value (a sweep that ``follows``
-    another must be given one). ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`)."""
+    on every seed of :func:`seeds`. ``value`` skips the sweep and trains that value (a sweep that ``follows``
+    another must be given one). ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`);
+    ``measure``: a run's accuracy in percent (default :func:`accuracy` at ``profile``)."""
     train = train or runs.train_or_load
+    measure = measure or (lambda run: accuracy(run, profile))
     seed = selection_seed(profile)
     if value is None:
-        scores = {v: accuracy(train(sweep.spec(profile, model, v, seed))) for v in sweep.grid(profile, model)}
+        scores = {v: measure(train(sweep.spec(profile, model, v, seed))) for v in sweep.grid(profile, model)}
         value = select_best(scores)
     else:
-        scores = {value: accuracy(train(sweep.spec(profile, model, value, seed)))}
-    chosen = {s: train(sweep.spec(profile, model, value, s)) for s in profile.seeds}
-    return SweepResult(sweep, model, seed, scores, value, chosen)
+        scores = {value: measure(train(sweep.spec(profile, model, value, seed)))}
+    chosen = {s: train(sweep.spec(profile, model, value, s)) for s in seeds(profile)}
+    return SweepResult(sweep, model, seed, scores, value, chosen, {s: measure(r) for s, r in chosen.items()})
 
 
 # ------------------------------------------------------------------------------------------------ the runs
@@ -208,42 +222,44 @@ def dml(profile: Profile, model: str, seed: int) -> RunSpec:
     return recipes.part3(profile, model, "dml", seed, method_args={"weight": 0.1})
 
 
-def born_again_teacher_seed(profile: Profile, seed: int) -> int:
-    """The seed of the CE network a born-again student of ``seed`` learns from: the next seed of the profile,
-    cyclically. A run's seed fixes its initialisation and its batches, so a teacher of the same seed would
-    hand the student its own starting point; the paper trains the second network "from scratch"."""
-    seeds = list(profile.seeds)
-    if seed not in seeds:
-        raise ValueError(f"seed {seed} is not one of the profile's seeds {seeds}")
-    if len(seeds) < 2:
-        raise ValueError("a born-again student needs a teacher of another seed: the profile has one seed")
-    return seeds[(seeds.index(seed) + 1) % len(seeds)]
+#: Added to a seed to give the born-again student of that seed its own initialisation and batches.
+BORN_AGAIN_SEED_OFFSET = 1000
+
+
+def born_again_student_seed(seed: int) -> int:
+    """The run seed (initialisation and batches) of the born-again student of pair ``seed``. Its teacher is the
+    CE run of ``seed`` — the CE column of the same table, trained on the same subset to the end of its schedule,
+    as the paper's BAN learns from its CE ResNet — and the student, trained on that subset too, starts "from
+    scratch" (§5.2): from another initialisation than its teacher's, with other batches."""
+    return BORN_AGAIN_SEED_OFFSET + seed
 
 
 def teacher(profile: Profile) -> RunSpec:
-    """The ResNet-26 teacher of Table 5, trained once (the profile's first seed), like the paper's one teacher."""
-    return recipes.part3(profile, TEACHER_MODEL, "ce", profile.seeds[0])
+    """The teacher of Table 5, trained once (:func:`kdnb.recipes.part3_teacher` for ResNets): the paper's
+    ResNet-26 at ``paper``, Part 0's teacher below it (ten times the students' data)."""
+    return recipes.part3_teacher(profile, "resnet")
 
 
 def distilled(profile: Profile, model: str, method: str, seed: int, extra: Mapping | None = None) -> RunSpec:
-    """``model`` distilled from the ResNet-26 teacher with ``method`` at T = 4, lambda = 0.1 (§5.3)."""
+    """``model`` distilled from Table 5's teacher with ``method`` at T = 4, lambda = 0.1 (§5.3)."""
     return recipes.part3(profile, model, method, seed, method_args={**KD_ARGS, **(extra or {})},
                          teacher=teacher(profile))
 
 
 def takd_chain(profile: Profile, model: str, seed: int) -> list[RunSpec]:
-    """TAKD (§5.3): ResNet-26 → assistant → ``model``, Hinton's KD at both links. The assistant, like the
-    teacher, is trained once (the profile's first seed); the student varies with ``seed``."""
+    """TAKD (§5.3): teacher → assistant → ``model``, Hinton's KD at both links. The assistant, like the
+    teacher, is trained once (the first of :func:`seeds`, on that seed's subset); the student varies with
+    ``seed``."""
     if model not in TAKD_ASSISTANT:
         raise ValueError(f"no TAKD assistant for {model!r}; the paper has: {', '.join(TAKD_ASSISTANT)}")
-    first = profile.seeds[0]
+    first = seeds(profile)[0]
     return runs.chain(teacher(profile),
                       recipes.part3(profile, TAKD_ASSISTANT[model], "kd", first, method_args=KD_ARGS),
                       recipes.part3(profile, model, "kd", seed, method_args=KD_ARGS))
 
 
 def teacher_runs(profile: Profile, model: str, seed: int) -> dict[str, RunSpec]:
-    """Table 5's students of ``seed``: KD, Hint, AT+KD, FSP+KD and TAKD from the ResNet-26."""
+    """Table 5's students of ``seed``: KD, Hint, AT+KD, FSP+KD and TAKD from the teacher."""
     return {"KD": distilled(profile, model, "kd", seed),
             "Hint": distilled(profile, model, "hint", seed, {"hint_layer": HINT_LAYER}),
             "AT_Hinton": distilled(profile, model, "at", seed),
@@ -289,7 +305,7 @@ class Table:
                 keys.add(spec.key())
                 spec = spec.teacher
 
-        for seed in profile.seeds:
+        for seed in seeds(profile):
             for spec in self.fixed(profile, model, seed).values():
                 add(spec)
         for name in self.sweeps:
@@ -297,7 +313,7 @@ class Table:
             values = (sweep.paper_best,) if sweep.follows else sweep.grid(profile, model)
             for value in values:
                 add(sweep.spec(profile, model, value, selection_seed(profile)))
-            for seed in profile.seeds[1:]:  # the chosen value (whichever it is) on the other seeds
+            for seed in seeds(profile)[1:]:  # the chosen value (whichever it is) on the other seeds
                 add(sweep.spec(profile, model, values[0], seed))
         return len(keys)
 
@@ -349,12 +365,14 @@ def table(number: int) -> Table:
 
 @dataclass
 class Comparison:
-    """A table built for one model: one row per (method, seed) in ``frame``, and the sweeps behind it."""
+    """A table built for one model: one row per (method, seed) in ``frame``, the sweeps behind it, and the runs
+    that are not swept (``{(label, seed): Run}``)."""
 
     table: Table
     model: str
     frame: pd.DataFrame
     sweeps: dict[str, SweepResult]
+    runs: dict[tuple[str, int], Run] = field(default_factory=dict, repr=False)
 
     def sweep_frame(self) -> pd.DataFrame:
         """Every sweep's grid on the selection seed, the chosen value marked."""
@@ -366,32 +384,37 @@ class Comparison:
         return {label: s.best for label, s in self.sweeps.items()}
 
 
-def _row(label: str, model: str, seed: int, run: Run, setting: str = "") -> dict:
-    acc = accuracy(run)
+def _row(label: str, model: str, seed: int, acc: float, setting: str = "") -> dict:
     return {"model": model, "method": label, "seed": seed, ACCURACY: acc, ERROR: 100.0 - acc, "setting": setting}
 
 
-def build(profile: Profile, number: int, model: str, train: Callable[[RunSpec], Run] | None = None) -> Comparison:
+def build(profile: Profile, number: int, model: str, train: Callable[[RunSpec], Run] | None = None,
+          measure: Measure | None = None) -> Comparison:
     """Train (or load from the cache) table ``number`` for ``model`` at ``profile``: the sweeps first (each
     selected on the first seed, its choice trained on every seed), then the runs that are not swept.
-    ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`)."""
+    ``train``: how a spec becomes a run (default :func:`kdnb.runs.train_or_load`); ``measure``: a run's accuracy
+    in percent (default :func:`accuracy` at ``profile``)."""
     train = train or runs.train_or_load
+    measure = measure or (lambda run: accuracy(run, profile))
     spec_table = table(number)
     rows: list[dict] = []
     results: dict[str, SweepResult] = {}
     for name in spec_table.sweeps:
         sweep = SWEEPS[name]
         given = results[sweep.follows].best if sweep.follows else None
-        result = run_sweep(profile, sweep, model, value=given, train=train)
+        result = run_sweep(profile, sweep, model, value=given, train=train, measure=measure)
         results[name] = result
-        rows += [_row(name, model, s, r, f"{sweep.parameter}={result.best:g}") for s, r in result.runs.items()]
-    for seed in profile.seeds:
+        rows += [_row(name, model, s, result.accuracies[s], f"{sweep.parameter}={result.best:g}")
+                 for s in result.runs]
+    trained: dict[tuple[str, int], Run] = {}
+    for seed in seeds(profile):
         for label, spec in spec_table.fixed(profile, model, seed).items():
-            rows.append(_row(label, model, seed, train(spec)))
+            trained[label, seed] = train(spec)
+            rows.append(_row(label, model, seed, measure(trained[label, seed])))
     frame = pd.DataFrame(rows)
     order = {label: i for i, label in enumerate(spec_table.order(model))}
     frame = frame.sort_values(["method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c)
-    return Comparison(spec_table, model, frame.reset_index(drop=True), results)
+    return Comparison(spec_table, model, frame.reset_index(drop=True), results, trained)
 
 
 def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
@@ -401,12 +424,67 @@ def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
     return {b: paired_by_seed(frame, a, b, value=value) for b in others}
 
 
+# ------------------------------------------------------------------------------------------------ premises
+def premise(profile: Profile, built: Comparison, train: Callable[[RunSpec], Run] | None = None) -> Premise:
+    """What the claims of ``built``'s table stand on, measured on its runs.
+
+    Tables 2 and 3 (regularizers) and 4 (peers): the CE runs over-fit (:func:`kdnb.recipes.part3_overfit_premise`)
+    — a regularizer has nothing to cure otherwise, and in Table 4 the CE runs are the born-again students'
+    teachers, which the paper trains to the end of its schedule. Table 5: the teacher, and TAKD's assistant,
+    lead the CE student by :data:`kdnb.analysis.TEACHER_MARGIN` points
+    (:func:`kdnb.recipes.part3_teacher_premise`)."""
+    train = train or runs.train_or_load
+    model = built.model
+    ce_runs = [built.runs["CE", s] if ("CE", s) in built.runs else train(ce(profile, model, s))
+               for s in seeds(profile)]
+    if built.table.number in (2, 3):
+        return recipes.part3_overfit_premise(ce_runs, profile)
+    if built.table.number == 4:
+        return recipes.part3_overfit_premise(ce_runs, profile, what=f"CE {model} (the born-again teachers)")
+    chain = takd_chain(profile, model, seeds(profile)[0])
+    return analysis.all_of(recipes.part3_teacher_premise(train(chain[0]), ce_runs, profile),
+                           recipes.part3_teacher_premise(train(chain[1]), ce_runs, profile, what="assistant"))
+
+
+def paper_mean(number: int, model: str, label: str) -> float:
+    """The paper's mean for ``label`` in table ``number`` (``"87.95 ± 0.32"`` → 87.95)."""
+    return float(table(number).paper[model][label].split("±")[0])
+
+
+def paper_effect(number: int, model: str, a: str, b: str) -> float:
+    """The paper's ``a − b`` in accuracy points (for Table 3, reported as error, the error of ``b`` minus that
+    of ``a``)."""
+    sign = -1.0 if table(number).value == ERROR else 1.0
+    return sign * (paper_mean(number, model, a) - paper_mean(number, model, b))
+
+
+def hardest(number: int, model: str, pairs: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """Of a family's pairs ``(a, b)``, the one with the smallest paper effect ``|a − b|``: the comparison a family
+    claim needs the most seeds for, whose resolution the ledger shows."""
+    return min(pairs, key=lambda pair: abs(paper_effect(number, model, *pair)))
+
+
+def family_claim(number: int, model: str, comparisons: Mapping[tuple[str, str], PairedComparison], verdict: str,
+                 **fields: Any) -> analysis.Claim:
+    """One ledger row for a claim over the family of pairs ``comparisons`` (``{(a, b): a − b}``) of table
+    ``number``: ``verdict`` is the family rule's (:func:`kdnb.analysis.verdict_for_all` and its kin); the
+    resolution, the paper's effect and the note are those of the family's hardest pair (:func:`hardest`), with
+    the resolution of one test in a family of ``len(comparisons)``. ``fields`` go to
+    :func:`kdnb.analysis.judged` (claim, paper, measured, premise, setting, source)."""
+    a, b = hardest(number, model, list(comparisons))
+    return analysis.judged(comparison=comparisons[a, b], paper_effect=paper_effect(number, model, a, b),
+                           verdict=verdict, family=len(comparisons), **fields)
+
+
 # ------------------------------------------------------------------------------------------------ reporting
 def difference_table(comparisons: Mapping[str, PairedComparison], a: str,
                      verdict: Callable[[PairedComparison], str] = verdict_for_improvement) -> pd.DataFrame:
-    """One row per competitor ``b``: ``a − b`` (mean ± std, 95% CI, p, n) and the verdict of ``verdict`` on it."""
+    """One row per competitor ``b``: ``a − b`` (mean ± std, 95% CI, p, n), the pair's resolution
+    (:func:`kdnb.analysis.resolution`) and the verdict of ``verdict`` on the pair alone (a claim over several
+    pairs has its own rule)."""
     return pd.DataFrame({"paired difference (accuracy points)": [c.format() for c in comparisons.values()],
-                         "verdict": [verdict(c) for c in comparisons.values()]},
+                         "resolution": [analysis.resolution(c).format() for c in comparisons.values()],
+                         "verdict on this pair alone": [verdict(c) for c in comparisons.values()]},
                         index=pd.Index([f"{a} − {b}" for b in comparisons], name="pair"))
 
 

@@ -42,7 +42,6 @@ TABLE1_METHODS: dict[str, tuple[str, dict]] = {
     "CWTM-Random": ("cwtm_random", {"beta": 0.5}),
     "DKPP": ("dkpp", {}),
 }
-TABLE1_TEACHER = "cnn10"
 #: Table 1 (CIFAR-10, five trials, mean and std): the teacher CNN-10 reaches 90.04 %.
 TABLE1_TEACHER_PAPER = 90.04
 TABLE1_PAPER: dict[str, dict[str, tuple[float, float]]] = {
@@ -68,8 +67,28 @@ def table1_students(profile: Profile) -> tuple[str, ...]:
 
 
 def table1_teacher(profile: Profile) -> runs.RunSpec:
-    """Table 1's teacher: CNN-10 trained with cross-entropy, seed 0 (the run every Part III chapter shares)."""
-    return recipes.part3(profile, TABLE1_TEACHER, "ce", 0)
+    """Table 1's teacher (:func:`kdnb.recipes.part3_teacher` for CNN students): the paper's CNN-10 at ``paper``;
+    below it Part 0's teacher, trained once on ten times the students' data, so that it leads them as the
+    paper's teacher leads its students (the KD-family premise)."""
+    return recipes.part3_teacher(profile, "cnn")
+
+
+#: Table 1's columns whose claims decide §3's argument (KD − CE and DKPP − CE): at ``book`` they run on
+#: :func:`kdnb.recipes.part3_seeds`' five seeds, the CWTM family on its three.
+TABLE1_DECISIVE: tuple[str, ...] = ("CE", "KD", "DKPP")
+
+
+def table1_seeds(profile: Profile, label: str) -> tuple[int, ...]:
+    """The seeds column ``label`` of Table 1 runs at ``profile`` (:data:`TABLE1_DECISIVE` on the decisive
+    seeds)."""
+    _checked(label, TABLE1_METHODS)
+    return recipes.part3_seeds(profile, decisive=label in TABLE1_DECISIVE)
+
+
+def table1_specs(profile: Profile, student: str, teacher: runs.RunSpec) -> list[tuple[dict, runs.RunSpec]]:
+    """Every run of Table 1 for ``student``: ``({"model", "method", "seed"}, spec)`` per column and seed."""
+    return [({"model": student, "method": label, "seed": seed}, table1_spec(profile, student, label, seed, teacher))
+            for label in TABLE1_METHODS for seed in table1_seeds(profile, label)]
 
 
 def _checked(label: str, columns: Mapping[str, tuple[str, dict]]) -> tuple[str, dict]:
@@ -91,6 +110,9 @@ def table1_spec(profile: Profile, student: str, label: str, seed: int, teacher: 
 #: the MLP (Grad-CAM needs a convolutional layer), as in the paper; LE-Permut uses the same explanation. LS is
 #: label smoothing at α = 0.9, the value §5.1 found best and §5.4.1 quotes.
 TABLE6_MODELS: tuple[str, ...] = ("resnet8", "resnet14", "mlp")
+#: The models of Table 6 trained below ``paper``: the ResNet-14's twelve runs (twice a ResNet-8's cost each) do
+#: not fit Part III's budget once its students train long enough to over-fit; ``paper`` trains all three.
+TABLE6_BOOK_MODELS: tuple[str, ...] = ("resnet8", "mlp")
 TABLE6_ROWS: tuple[str, ...] = ("CE", "LS", "LE-Permut", "LE")
 TABLE6_PAPER: dict[str, dict[str, tuple[float, float]]] = {
     "resnet8": {"CE": (87.95, 0.32), "LS": (88.14, 0.16), "LE-Permut": (88.22, 0.05), "LE": (88.70, 0.18)},
@@ -98,6 +120,12 @@ TABLE6_PAPER: dict[str, dict[str, tuple[float, float]]] = {
     # MNIST; LS from Table 3 (test error 1.25 ± 0.02 %).
     "mlp": {"CE": (98.61, 0.05), "LS": (98.75, 0.02), "LE-Permut": (98.81, 0.04), "LE": (98.90, 0.03)},
 }
+
+
+def table6_models(profile: Profile) -> tuple[str, ...]:
+    """The models of Table 6 at ``profile``: :data:`TABLE6_MODELS` at ``paper``, :data:`TABLE6_BOOK_MODELS`
+    below."""
+    return TABLE6_MODELS if profile.name == "paper" else TABLE6_BOOK_MODELS
 
 
 def explanation_args(model: str) -> dict:
@@ -131,13 +159,14 @@ def warmup_spec(profile: Profile, model: str, warmup: float, seed: int) -> runs.
 
 
 # ------------------------------------------------------------------------------------------------ results
-def results_frame(specs: Iterable[tuple[dict, runs.RunSpec]]) -> pd.DataFrame:
+def results_frame(specs: Iterable[tuple[dict, runs.RunSpec]], profile: Profile) -> pd.DataFrame:
     """Train or load every run and return one row per run: the given labels (e.g. model, method, seed), the
-    final test accuracy in percent, and the run's key."""
+    final test accuracy in percent on Part III's evaluation set (:func:`kdnb.recipes.part3_test_accuracy`), and
+    the run's key."""
     rows = []
     for labels, spec in specs:
         run = runs.train_or_load(spec)
-        rows.append({**labels, VALUE: 100 * float(run.final["test_acc"]), "run": spec.key()})
+        rows.append({**labels, VALUE: recipes.part3_test_accuracy(run, profile), "run": spec.key()})
     return pd.DataFrame(rows)
 
 
