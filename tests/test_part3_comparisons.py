@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from kdnb import analysis, profiles, recipes
-from kdnb.explain import comparisons as cmp
+from kdnb.studies.part3 import comparisons as cmp
+from kdnb.studies.part3 import scale
 
 SMOKE, BOOK, PAPER = profiles.SMOKE, profiles.BOOK, profiles.PAPER
 
@@ -68,10 +69,10 @@ def test_a_grid_must_hold_the_papers_best():
 def test_shared_students_are_the_recipes_runs():
     for seed in BOOK.seeds:
         runs = cmp.TABLE2.fixed(BOOK, "resnet8", seed)
-        assert runs["CE"] == recipes.part3(BOOK, "resnet8", "ce", seed)
-        assert runs["LE(Grad-CAM)"] == recipes.part3(BOOK, "resnet8", "le", seed)
+        assert runs["CE"] == scale.part3(BOOK, "resnet8", "ce", seed)
+        assert runs["LE(Grad-CAM)"] == scale.part3(BOOK, "resnet8", "le", seed)
     mlp = cmp.TABLE3.fixed(BOOK, "mlp", 0)
-    assert mlp["LE(Grad)"] == recipes.part3(BOOK, "mlp", "le", 0, {"explanation": "grad"})
+    assert mlp["LE(Grad)"] == scale.part3(BOOK, "mlp", "le", 0, {"explanation": "grad"})
     assert dict(mlp["LE(Grad)"].method_args)["explanation"] == "grad"
 
 
@@ -99,7 +100,7 @@ def test_born_again_students_learn_from_a_ce_peer(label, ce_weight):
     spec = cmp.SWEEPS[label].spec(BOOK, "resnet8", 5.0, 0)
     args = dict(spec.method_args)
     assert spec.method == "ban" and args["temperature"] == 5.0 and args["ce_weight"] == ce_weight
-    assert spec.teacher == recipes.part3(BOOK, "resnet8", "ce", 0)  # same model, trained on labels, pair 0
+    assert spec.teacher == scale.part3(BOOK, "resnet8", "ce", 0)  # same model, trained on labels, pair 0
 
 
 @pytest.mark.parametrize("student, assistant", [("resnet8", "resnet14"), ("resnet14", "resnet20")])
@@ -119,7 +120,7 @@ def test_takd_chain_is_the_papers(student, assistant):
 @pytest.mark.parametrize("profile", [BOOK, PAPER], ids=["book", "paper"])
 def test_teacher_based_students_share_one_teacher(profile):
     # the paper's ResNet-26 at paper; below it Part 0's teacher, on ten times a student's images
-    teacher = recipes.part3(PAPER, "resnet26", "ce", 0) if profile is PAPER else recipes.teacher(BOOK)
+    teacher = scale.part3(PAPER, "resnet26", "ce", 0) if profile is PAPER else recipes.teacher(BOOK)
     specs = cmp.teacher_runs(profile, "resnet8", 1)
     assert set(specs) == {"KD", "Hint", "AT_Hinton", "FSP_Hinton", "TAKD"}
     assert {specs[k].method for k in specs} == {"kd", "hint", "at", "fsp"}
@@ -305,11 +306,11 @@ def test_table_premises_are_measured_on_the_tables_runs(monkeypatch):
         return "assistant" if spec.model == cmp.TAKD_ASSISTANT["resnet8"] else "ce"
 
     fake = FakeCache(lambda spec: accuracy[kind(spec)])
-    monkeypatch.setattr(recipes, "part3_train_accuracy", lambda run: 83.0)  # CE gap: 3 points
+    monkeypatch.setattr(scale, "part3_train_accuracy", lambda run: 83.0)  # CE gap: 3 points
     built = cmp.Comparison(cmp.TABLE2, "resnet8", pd.DataFrame(), {})
     regularizers = cmp.premise(PAPER, built, train=fake)
     assert not regularizers.held and "over-fits" in regularizers.requirement
-    monkeypatch.setattr(recipes, "part3_train_accuracy", lambda run: 99.0)
+    monkeypatch.setattr(scale, "part3_train_accuracy", lambda run: 99.0)
     assert cmp.premise(PAPER, built, train=fake).held
     teachers = cmp.premise(PAPER, cmp.Comparison(cmp.TABLE5, "resnet8", pd.DataFrame(), {}), train=fake)
     assert not teachers.held  # the teacher leads by 10, the assistant by 2 < analysis.TEACHER_MARGIN

@@ -1,4 +1,4 @@
-"""kdnb.explain.dissection: the per-batch transform frames of §3 (Eqs. 2-5), the run lists of Tables 1 and 6, the
+"""kdnb.studies.part3.dissection: the per-batch transform frames of §3 (Eqs. 2-5), the run lists of Tables 1 and 6, the
 per-seed gains. Expected values are worked by hand from the paper's definitions, not from our helpers."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdnb import distill, profiles, recipes
-from kdnb.explain import dissection
+from kdnb.studies.part3 import dissection, scale
 
 NAMES = [f"c{k}" for k in range(4)]
 
@@ -94,22 +94,22 @@ def test_table1_specs(name):
     profile = profiles.get(name)
     teacher = dissection.table1_teacher(profile)
     if name == "paper":
-        assert teacher == recipes.part3(profile, "cnn10", "ce", 0)  # the paper's CNN-10, trained like its students
+        assert teacher == scale.part3(profile, "cnn10", "ce", 0)  # the paper's CNN-10, trained like its students
     else:  # the book's shared teacher (Part 0's), on more data than its students: the KD premise
         assert teacher == recipes.teacher(profile)
-        assert teacher.train_per_class > recipes.part3(profile, "cnn6").train_per_class
+        assert teacher.train_per_class > scale.part3(profile, "cnn6").train_per_class
     for student in dissection.table1_students(profile):
         for label, (method, _) in dissection.TABLE1_METHODS.items():
             spec = dissection.table1_spec(profile, student, label, 1, teacher)
             assert (spec.model, spec.method, spec.seed) == (student, method, 1)
-            assert spec.schedule == recipes.part3_schedule(profile, student)
+            assert spec.schedule == scale.part3_schedule(profile, student)
             # CE and CWTM-Random take no teacher; the others distil from the CNN-10 run
             assert (spec.teacher is None) == (label in ("CE", "CWTM-Random"))
             if spec.teacher is not None:
                 assert spec.teacher == teacher
     assert dict(dissection.table1_spec(profile, "cnn6", "CWTM-Random", 0, teacher).method_args)["beta"] == 0.5
     # CE is the very run other chapters ask for
-    assert dissection.table1_spec(profile, "cnn6", "CE", 0, teacher) == recipes.part3(profile, "cnn6", "ce", 0)
+    assert dissection.table1_spec(profile, "cnn6", "CE", 0, teacher) == scale.part3(profile, "cnn6", "ce", 0)
     assert "cnn8" in dissection.table1_students(profiles.get("paper"))
 
 
@@ -144,16 +144,16 @@ def test_unknown_column_and_profile_name_the_choices():
 def test_table6_specs_share_the_other_chapters_runs():
     profile = profiles.get("book")
     for model in ("resnet8", "resnet14"):  # LE(Grad-CAM) with NO method args, as III.2 and III.3 ask for it
-        assert dissection.table6_spec(profile, model, "LE", 2) == recipes.part3(profile, model, "le", 2)
-        assert dissection.table6_spec(profile, model, "CE", 2) == recipes.part3(profile, model, "ce", 2)
+        assert dissection.table6_spec(profile, model, "LE", 2) == scale.part3(profile, model, "le", 2)
+        assert dissection.table6_spec(profile, model, "CE", 2) == scale.part3(profile, model, "ce", 2)
         permut = dissection.table6_spec(profile, model, "LE-Permut", 2)
         assert permut.method == "le_permut" and dict(permut.method_args)["explanation"] == "gradcam"
     mlp = dissection.table6_spec(profile, "mlp", "LE", 0)
-    assert mlp == recipes.part3(profile, "mlp", "le", 0, {"explanation": "grad"})
+    assert mlp == scale.part3(profile, "mlp", "le", 0, {"explanation": "grad"})
     assert dict(dissection.table6_spec(profile, "mlp", "LE-Permut", 0).method_args)["explanation"] == "grad"
     # the warm-up ablation's default share is the shared LE run; 0 is another run
-    assert dissection.warmup_spec(profile, "resnet8", 0.2, 1) == recipes.part3(profile, "resnet8", "le", 1)
-    assert dissection.warmup_spec(profile, "resnet8", 0.0, 1) != recipes.part3(profile, "resnet8", "le", 1)
+    assert dissection.warmup_spec(profile, "resnet8", 0.2, 1) == scale.part3(profile, "resnet8", "le", 1)
+    assert dissection.warmup_spec(profile, "resnet8", 0.0, 1) != scale.part3(profile, "resnet8", "le", 1)
 
 
 def test_available_rows_follow_the_registry(monkeypatch):

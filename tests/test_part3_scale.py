@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdnb import analysis, profiles, recipes, runs
+from kdnb.studies.part3 import scale
 from kdnb.train import Schedule, evaluate
 
 SMOKE, BOOK, PAPER = profiles.SMOKE, profiles.BOOK, profiles.PAPER
@@ -23,88 +24,88 @@ def fake_run(spec, accuracy: float):
 
 # ------------------------------------------------------------------------------------------------ seeds, subsets
 def test_decisive_claims_get_five_seeds_at_book():
-    assert recipes.part3_seeds(BOOK, decisive=True) == (0, 1, 2, 3, 4)
-    assert recipes.part3_seeds(BOOK) == (0, 1, 2)
-    assert len(recipes.part3_seeds(PAPER)) == 5  # the paper's five trials
-    assert recipes.part3_seeds(SMOKE, decisive=True) == SMOKE.seeds
+    assert scale.part3_seeds(BOOK, decisive=True) == (0, 1, 2, 3, 4)
+    assert scale.part3_seeds(BOOK) == (0, 1, 2)
+    assert len(scale.part3_seeds(PAPER)) == 5  # the paper's five trials
+    assert scale.part3_seeds(SMOKE, decisive=True) == SMOKE.seeds
 
 
 def test_each_seed_draws_its_own_subset_and_the_runs_of_a_seed_share_it():
-    ce = [recipes.part3(BOOK, "resnet8", "ce", s) for s in (0, 1, 2)]
+    ce = [scale.part3(BOOK, "resnet8", "ce", s) for s in (0, 1, 2)]
     assert [s.subset_seed for s in ce] == [0, 1, 2]
-    assert recipes.part3(BOOK, "resnet8", "le", 1).subset_seed == ce[1].subset_seed
+    assert scale.part3(BOOK, "resnet8", "le", 1).subset_seed == ce[1].subset_seed
     a, b = (runs.batches(spec.replace(train_per_class=3), "train", device="cpu") for spec in ce[:2])
     assert torch.equal(a.labels.bincount(), b.labels.bincount())  # class-stratified: three of each class...
     assert not torch.equal(a.images, b.images), "two seeds drew the same training images"  # ...other images
     # an explicit subset keeps the data and changes only the initialisation and batches
-    other = recipes.part3(BOOK, "resnet8", "ce", 1000, subset_seed=1)
+    other = scale.part3(BOOK, "resnet8", "ce", 1000, subset_seed=1)
     assert other.subset_seed == 1 and other.seed == 1000
 
 
 def test_book_students_train_long_enough_without_augmentation():
     for model in ("resnet8", "mlp"):
-        spec = recipes.part3(BOOK, model)
+        spec = scale.part3(BOOK, model)
         assert spec.augment is None and spec.train_per_class == 100
-        assert spec.schedule.epochs == recipes.PART3_BOOK["epochs"] > 6  # longer than the 6 that under-fitted
-    cnn = recipes.part3(BOOK, "cnn6")
-    assert cnn.schedule.epochs == recipes.PART3_CNN_EPOCHS["book"] and cnn.augment is None
-    assert recipes.part3(PAPER, "resnet8").augment == "default"  # the paper's standard augmentation
-    assert recipes.part3(PAPER, "resnet8").schedule.epochs == 160
+        assert spec.schedule.epochs == scale.PART3_BOOK["epochs"] > 6  # longer than the 6 that under-fitted
+    cnn = scale.part3(BOOK, "cnn6")
+    assert cnn.schedule.epochs == scale.PART3_CNN_EPOCHS["book"] and cnn.augment is None
+    assert scale.part3(PAPER, "resnet8").augment == "default"  # the paper's standard augmentation
+    assert scale.part3(PAPER, "resnet8").schedule.epochs == 160
 
 
 # ------------------------------------------------------------------------------------------------ teachers
 def test_teacher_below_paper_is_part0s_on_ten_times_the_students_data():
     for family in ("cnn", "resnet"):
-        teacher = recipes.part3_teacher(BOOK, family)
+        teacher = scale.part3_teacher(BOOK, family)
         assert teacher == recipes.teacher(BOOK)  # the very run Part 0 trains
-        student = recipes.part3(BOOK, "cnn6" if family == "cnn" else "resnet8")
+        student = scale.part3(BOOK, "cnn6" if family == "cnn" else "resnet8")
         assert teacher.dataset == student.dataset
         assert teacher.train_per_class == 10 * student.train_per_class  # "ten times the students' data"
         assert teacher.method == "ce" and teacher.teacher is None
 
 
 def test_teacher_at_paper_is_the_papers():
-    cnn, resnet = recipes.part3_teacher(PAPER, "cnn"), recipes.part3_teacher(PAPER, "resnet")
+    cnn, resnet = scale.part3_teacher(PAPER, "cnn"), scale.part3_teacher(PAPER, "resnet")
     assert (cnn.model, cnn.dataset, cnn.schedule.epochs) == ("cnn10", "cifar10", 160)
     assert (resnet.model, resnet.dataset) == ("resnet26", "cifar10")
     with pytest.raises(ValueError, match="cnn, resnet"):
-        recipes.part3_teacher(BOOK, "vgg")
+        scale.part3_teacher(BOOK, "vgg")
 
 
 # ------------------------------------------------------------------------------------------------ premises
 def test_a_weak_teacher_makes_a_kd_claim_premise_unmet():
     # paper profile: the runs are evaluated on the whole test split, so their own final accuracy is read
-    ce = [fake_run(recipes.part3(PAPER, "cnn6", "ce", s), a) for s, a in enumerate((80.0, 81.0, 82.0))]
+    ce = [fake_run(scale.part3(PAPER, "cnn6", "ce", s), a) for s, a in enumerate((80.0, 81.0, 82.0))]
     kd = [83.0, 84.5, 85.0]
     comparison = analysis.paired(kd, [80.0, 81.0, 82.0])
-    weak = recipes.part3_teacher_premise(fake_run(recipes.part3_teacher(PAPER, "cnn"), 82.5), ce, PAPER)
+    weak = scale.part3_teacher_premise(fake_run(scale.part3_teacher(PAPER, "cnn"), 82.5), ce, PAPER)
     assert not weak.held and "+1.50" in weak.measured  # 82.5 - mean(80, 81, 82) = 1.5 < 3
     claim = analysis.judged("KD beats CE", "Table 1", comparison, paper_effect=1.37, premise=weak)
     assert claim.verdict == analysis.PREMISE_UNMET and claim.premise_held is False
-    strong = recipes.part3_teacher_premise(fake_run(recipes.part3_teacher(PAPER, "cnn"), 84.0), ce, PAPER)
+    strong = scale.part3_teacher_premise(fake_run(scale.part3_teacher(PAPER, "cnn"), 84.0), ce, PAPER)
     assert strong.held  # +3.0 is the margin itself
     assert analysis.judged("KD beats CE", "Table 1", comparison, paper_effect=1.37,
                            premise=strong).verdict == analysis.REPRODUCED
 
 
 def test_overfitting_premise_reads_train_against_test(monkeypatch):
-    ce = [fake_run(recipes.part3(PAPER, "resnet8", "ce", s), a) for s, a in enumerate((78.0, 79.0, 80.0))]
+    ce = [fake_run(scale.part3(PAPER, "resnet8", "ce", s), a) for s, a in enumerate((78.0, 79.0, 80.0))]
     train = {0: 90.0, 1: 88.0, 2: 86.0}
-    monkeypatch.setattr(recipes, "part3_train_accuracy", lambda run: train[run.spec.seed])
-    held = recipes.part3_overfit_premise(ce, PAPER)
+    monkeypatch.setattr(scale, "part3_train_accuracy", lambda run: train[run.spec.seed])
+    held = scale.part3_overfit_premise(ce, PAPER)
     assert held.held and "88.00 vs 79.00 (+9.00)" in held.measured
     train.update({0: 82.0, 1: 83.0, 2: 84.0})  # a gap of 4 points: under analysis.OVERFIT_GAP
-    unmet = recipes.part3_overfit_premise(ce, PAPER)
+    unmet = scale.part3_overfit_premise(ce, PAPER)
     assert not unmet.held and unmet.remedy
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def test_book_measures_every_final_accuracy_on_the_whole_test_split():
-    assert recipes.part3_evaluation(BOOK) is None
-    assert recipes.part3_evaluation(SMOKE) == recipes.PART3_SMOKE["test_per_class"]
-    assert recipes.part3_evaluation(PAPER) is None
-    run = fake_run(recipes.part3(PAPER, "resnet8"), 91.25)
-    assert recipes.part3_test_accuracy(run, PAPER) == pytest.approx(91.25)  # its own metric: the same set
+    assert scale.part3_evaluation(BOOK) is None
+    assert scale.part3_evaluation(SMOKE) == scale.PART3_SMOKE["test_per_class"]
+    assert scale.part3_evaluation(PAPER) is None
+    run = fake_run(scale.part3(PAPER, "resnet8"), 91.25)
+    assert scale.part3_test_accuracy(run, PAPER) == pytest.approx(91.25)  # its own metric: the same set
 
 
 @pytest.mark.timeout(300)
@@ -115,17 +116,17 @@ def test_test_and_train_accuracy_are_measured_on_the_stated_images():
     run = runs.train_or_load(spec)
     net = run.model()
     whole = evaluate(net, runs.batches(spec.replace(test_per_class=None), "test").batches(0, 0))["acc"]
-    assert recipes.part3_test_accuracy(run, BOOK) == pytest.approx(100 * whole)
+    assert scale.part3_test_accuracy(run, BOOK) == pytest.approx(100 * whole)
     own = evaluate(net, runs.batches(spec, "train").batches(0, 0))["acc"]  # 20 images, no augmentation
-    assert recipes.part3_train_accuracy(run) == pytest.approx(100 * own)
-    assert math.isclose(recipes.part3_test_accuracy(run, BOOK), 100 * whole)  # cached: the same number again
+    assert scale.part3_train_accuracy(run) == pytest.approx(100 * own)
+    assert math.isclose(scale.part3_test_accuracy(run, BOOK), 100 * whole)  # cached: the same number again
 
 
 def test_networks_frame_shows_teacher_beside_students(monkeypatch):
-    monkeypatch.setattr(recipes, "part3_train_accuracy", lambda run: 95.0)
-    teacher = fake_run(recipes.part3_teacher(PAPER, "resnet"), 90.0)
-    students = [fake_run(recipes.part3(PAPER, "resnet8", "ce", s), a) for s, a in enumerate((84.0, 86.0))]
-    frame = recipes.part3_networks_frame({"teacher": [teacher], "CE resnet8": students}, PAPER,
+    monkeypatch.setattr(scale, "part3_train_accuracy", lambda run: 95.0)
+    teacher = fake_run(scale.part3_teacher(PAPER, "resnet"), 90.0)
+    students = [fake_run(scale.part3(PAPER, "resnet8", "ce", s), a) for s, a in enumerate((84.0, 86.0))]
+    frame = scale.part3_networks_frame({"teacher": [teacher], "CE resnet8": students}, PAPER,
                                          train_accuracy=True)
     assert list(frame.index) == ["teacher", "CE resnet8"]
     assert frame.loc["CE resnet8", "test accuracy (%)"] == pytest.approx(85.0)

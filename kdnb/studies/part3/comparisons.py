@@ -2,7 +2,7 @@
 
 This module decides, once, everything the four comparisons are made of:
 
-- the run behind every cell (all built with :func:`kdnb.recipes.part3`, so the CE and LE students are the very
+- the run behind every cell (all built with :func:`.scale.part3`, so the CE and LE students are the very
   runs the other Part III chapters train);
 - the paper's hyper-parameter sweeps (:data:`SWEEPS`), the smaller grids the ``smoke`` and ``book`` profiles run
   (:meth:`Sweep.grid`), and the paper's "report the best" selection (:func:`select_best`), done on the first seed
@@ -24,10 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from .. import analysis, recipes, runs
-from ..analysis import PairedComparison, Premise, paired_by_seed, verdict_for_improvement
-from ..profiles import Profile
-from ..runs import Run, RunSpec
+from ... import analysis, runs
+from ...analysis import PairedComparison, Premise, paired_by_seed, verdict_for_improvement
+from ...profiles import Profile
+from ...runs import Run, RunSpec
+from . import scale
 
 ACCURACY = "test accuracy (%)"
 ERROR = "test error (%)"
@@ -93,9 +94,9 @@ class Sweep:
         else:
             method_args[self.parameter] = value
         if self.born_again:
-            return recipes.part3(profile, model, self.method, born_again_student_seed(seed), method_args=method_args,
+            return scale.part3(profile, model, self.method, born_again_student_seed(seed), method_args=method_args,
                                  teacher=ce(profile, model, seed), model_args=model_args, subset_seed=seed)
-        return recipes.part3(profile, model, self.method, seed, method_args=method_args, model_args=model_args)
+        return scale.part3(profile, model, self.method, seed, method_args=method_args, model_args=model_args)
 
 
 SWEEPS: dict[str, Sweep] = {s.label: s for s in (
@@ -163,14 +164,14 @@ class SweepResult:
 
 
 def seeds(profile: Profile) -> tuple[int, ...]:
-    """The seeds every table of this chapter runs (:func:`kdnb.recipes.part3_seeds`)."""
-    return recipes.part3_seeds(profile)
+    """The seeds every table of this chapter runs (:func:`.scale.part3_seeds`)."""
+    return scale.part3_seeds(profile)
 
 
 def accuracy(run: Run, profile: Profile) -> float:
     """A run's final test accuracy in percent, on Part III's evaluation set at ``profile``
-    (:func:`kdnb.recipes.part3_test_accuracy`)."""
-    return recipes.part3_test_accuracy(run, profile)
+    (:func:`.scale.part3_test_accuracy`)."""
+    return scale.part3_test_accuracy(run, profile)
 
 
 Measure = Callable[[Run], float]
@@ -197,7 +198,7 @@ def run_sweep(profile: Profile, sweep: Sweep, model: str, value: float | None = 
 # ------------------------------------------------------------------------------------------------ the runs
 def ce(profile: Profile, model: str, seed: int) -> RunSpec:
     """The cross-entropy student shared by Part III."""
-    return recipes.part3(profile, model, "ce", seed)
+    return scale.part3(profile, model, "ce", seed)
 
 
 def le_explanation(model: str) -> str:
@@ -214,12 +215,12 @@ def le(profile: Profile, model: str, seed: int) -> RunSpec:
     """The LE student shared by Part III: Grad-CAM at the method's defaults; ``{"explanation": "grad"}`` for the
     MLP."""
     args = {"explanation": "grad"} if le_explanation(model) == "grad" else None
-    return recipes.part3(profile, model, "le", seed, method_args=args)
+    return scale.part3(profile, model, "le", seed, method_args=args)
 
 
 def dml(profile: Profile, model: str, seed: int) -> RunSpec:
     """Deep mutual learning with a peer of the same model, KL weight λ = 0.1 as Gu et al. write (§5.2)."""
-    return recipes.part3(profile, model, "dml", seed, method_args={"weight": 0.1})
+    return scale.part3(profile, model, "dml", seed, method_args={"weight": 0.1})
 
 
 #: Added to a seed to give the born-again student of that seed its own initialisation and batches.
@@ -235,14 +236,14 @@ def born_again_student_seed(seed: int) -> int:
 
 
 def teacher(profile: Profile) -> RunSpec:
-    """The teacher of Table 5, trained once (:func:`kdnb.recipes.part3_teacher` for ResNets): the paper's
+    """The teacher of Table 5, trained once (:func:`.scale.part3_teacher` for ResNets): the paper's
     ResNet-26 at ``paper``, Part 0's teacher below it (ten times the students' data)."""
-    return recipes.part3_teacher(profile, "resnet")
+    return scale.part3_teacher(profile, "resnet")
 
 
 def distilled(profile: Profile, model: str, method: str, seed: int, extra: Mapping | None = None) -> RunSpec:
     """``model`` distilled from Table 5's teacher with ``method`` at T = 4, lambda = 0.1 (§5.3)."""
-    return recipes.part3(profile, model, method, seed, method_args={**KD_ARGS, **(extra or {})},
+    return scale.part3(profile, model, method, seed, method_args={**KD_ARGS, **(extra or {})},
                          teacher=teacher(profile))
 
 
@@ -254,8 +255,8 @@ def takd_chain(profile: Profile, model: str, seed: int) -> list[RunSpec]:
         raise ValueError(f"no TAKD assistant for {model!r}; the paper has: {', '.join(TAKD_ASSISTANT)}")
     first = seeds(profile)[0]
     return runs.chain(teacher(profile),
-                      recipes.part3(profile, TAKD_ASSISTANT[model], "kd", first, method_args=KD_ARGS),
-                      recipes.part3(profile, model, "kd", seed, method_args=KD_ARGS))
+                      scale.part3(profile, TAKD_ASSISTANT[model], "kd", first, method_args=KD_ARGS),
+                      scale.part3(profile, model, "kd", seed, method_args=KD_ARGS))
 
 
 def teacher_runs(profile: Profile, model: str, seed: int) -> dict[str, RunSpec]:
@@ -428,22 +429,22 @@ def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
 def premise(profile: Profile, built: Comparison, train: Callable[[RunSpec], Run] | None = None) -> Premise:
     """What the claims of ``built``'s table stand on, measured on its runs.
 
-    Tables 2 and 3 (regularizers) and 4 (peers): the CE runs over-fit (:func:`kdnb.recipes.part3_overfit_premise`)
+    Tables 2 and 3 (regularizers) and 4 (peers): the CE runs over-fit (:func:`.scale.part3_overfit_premise`)
     — a regularizer has nothing to cure otherwise, and in Table 4 the CE runs are the born-again students'
     teachers, which the paper trains to the end of its schedule. Table 5: the teacher, and TAKD's assistant,
     lead the CE student by :data:`kdnb.analysis.TEACHER_MARGIN` points
-    (:func:`kdnb.recipes.part3_teacher_premise`)."""
+    (:func:`.scale.part3_teacher_premise`)."""
     train = train or runs.train_or_load
     model = built.model
     ce_runs = [built.runs["CE", s] if ("CE", s) in built.runs else train(ce(profile, model, s))
                for s in seeds(profile)]
     if built.table.number in (2, 3):
-        return recipes.part3_overfit_premise(ce_runs, profile)
+        return scale.part3_overfit_premise(ce_runs, profile)
     if built.table.number == 4:
-        return recipes.part3_overfit_premise(ce_runs, profile, what=f"CE {model} (the born-again teachers)")
+        return scale.part3_overfit_premise(ce_runs, profile, what=f"CE {model} (the born-again teachers)")
     chain = takd_chain(profile, model, seeds(profile)[0])
-    return analysis.all_of(recipes.part3_teacher_premise(train(chain[0]), ce_runs, profile),
-                           recipes.part3_teacher_premise(train(chain[1]), ce_runs, profile, what="assistant"))
+    return analysis.all_of(scale.part3_teacher_premise(train(chain[0]), ce_runs, profile),
+                           scale.part3_teacher_premise(train(chain[1]), ce_runs, profile, what="assistant"))
 
 
 def paper_mean(number: int, model: str, label: str) -> float:

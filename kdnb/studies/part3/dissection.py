@@ -11,8 +11,8 @@ What each transform of §3 does to a batch (Eqs. 2–5) is computed by the metho
   permutation of the non-argmax entries.
 
 The run lists (:func:`table1_spec`, :func:`table6_spec`, :func:`warmup_spec`) build every run through
-:func:`kdnb.recipes.part3`, so a run another chapter asks for (the CE and LE ResNets, the MLP, LS) is one cached
-run.
+:func:`.scale.part3`, so a run another chapter asks for (the CE and LE ResNets, the MLP, LS) is
+one cached run.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .. import distill, recipes, runs
-from ..profiles import Profile
+from ... import distill, runs
+from ...profiles import Profile
+from . import scale
 
 VALUE = "test accuracy (%)"
 
@@ -67,14 +68,14 @@ def table1_students(profile: Profile) -> tuple[str, ...]:
 
 
 def table1_teacher(profile: Profile) -> runs.RunSpec:
-    """Table 1's teacher (:func:`kdnb.recipes.part3_teacher` for CNN students): the paper's CNN-10 at ``paper``;
+    """Table 1's teacher (:func:`.scale.part3_teacher` for CNN students): the paper's CNN-10 at ``paper``;
     below it Part 0's teacher, trained once on ten times the students' data, so that it leads them as the
     paper's teacher leads its students (the KD-family premise)."""
-    return recipes.part3_teacher(profile, "cnn")
+    return scale.part3_teacher(profile, "cnn")
 
 
 #: Table 1's columns whose claims decide §3's argument (KD − CE and DKPP − CE): at ``book`` they run on
-#: :func:`kdnb.recipes.part3_seeds`' five seeds, the CWTM family on its three.
+#: :func:`.scale.part3_seeds`' five seeds, the CWTM family on its three.
 TABLE1_DECISIVE: tuple[str, ...] = ("CE", "KD", "DKPP")
 
 
@@ -82,7 +83,7 @@ def table1_seeds(profile: Profile, label: str) -> tuple[int, ...]:
     """The seeds column ``label`` of Table 1 runs at ``profile`` (:data:`TABLE1_DECISIVE` on the decisive
     seeds)."""
     _checked(label, TABLE1_METHODS)
-    return recipes.part3_seeds(profile, decisive=label in TABLE1_DECISIVE)
+    return scale.part3_seeds(profile, decisive=label in TABLE1_DECISIVE)
 
 
 def table1_specs(profile: Profile, student: str, teacher: runs.RunSpec) -> list[tuple[dict, runs.RunSpec]]:
@@ -102,7 +103,7 @@ def table1_spec(profile: Profile, student: str, label: str, seed: int, teacher: 
     that require one (CE and CWTM-Random take none)."""
     method, args = _checked(label, TABLE1_METHODS)
     needs_teacher = distill.method_class(method).requires_teacher
-    return recipes.part3(profile, student, method, seed, dict(args), teacher if needs_teacher else None)
+    return scale.part3(profile, student, method, seed, dict(args), teacher if needs_teacher else None)
 
 
 # ------------------------------------------------------------------------------------------------ Table 6 (§5.4)
@@ -139,7 +140,7 @@ def table6_spec(profile: Profile, model: str, label: str, seed: int) -> runs.Run
     methods = {"CE": ("ce", {}), "LS": ("ls", {"alpha": 0.9}), "LE-Permut": ("le_permut", explanation_args(model)),
                "LE": ("le", explanation_args(model))}
     method, args = _checked(label, methods)
-    return recipes.part3(profile, model, method, seed, dict(args))
+    return scale.part3(profile, model, method, seed, dict(args))
 
 
 def available_rows(rows: Sequence[str] = TABLE6_ROWS) -> list[str]:
@@ -155,18 +156,18 @@ WARMUPS: tuple[float, ...] = (0.0, 0.2)
 
 def warmup_spec(profile: Profile, model: str, warmup: float, seed: int) -> runs.RunSpec:
     """LE(Grad-CAM) on ``model`` with a warm-up of ``warmup`` of the epochs (0.2 is the shared LE run)."""
-    return recipes.part3(profile, model, "le", seed, {**explanation_args(model), "warmup": float(warmup)})
+    return scale.part3(profile, model, "le", seed, {**explanation_args(model), "warmup": float(warmup)})
 
 
 # ------------------------------------------------------------------------------------------------ results
 def results_frame(specs: Iterable[tuple[dict, runs.RunSpec]], profile: Profile) -> pd.DataFrame:
     """Train or load every run and return one row per run: the given labels (e.g. model, method, seed), the
-    final test accuracy in percent on Part III's evaluation set (:func:`kdnb.recipes.part3_test_accuracy`), and
+    final test accuracy in percent on Part III's evaluation set (:func:`.scale.part3_test_accuracy`), and
     the run's key."""
     rows = []
     for labels, spec in specs:
         run = runs.train_or_load(spec)
-        rows.append({**labels, VALUE: recipes.part3_test_accuracy(run, profile), "run": spec.key()})
+        rows.append({**labels, VALUE: scale.part3_test_accuracy(run, profile), "run": spec.key()})
     return pd.DataFrame(rows)
 
 
