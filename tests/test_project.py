@@ -268,3 +268,15 @@ def test_no_import_cycles_between_kdnb_modules():
     assert not bad, "import cycles: " + "; ".join(" <-> ".join(c) for c in bad)
     graph = kdnb_import_graph()
     assert "kdnb.book_pages" in graph["kdnb.notebooks"] and "kdnb.notebooks" not in graph["kdnb.book_pages"]
+
+
+@pytest.mark.parametrize("library", ["distill", "explain", "concepts", "analysis"])
+def test_libraries_know_nothing_of_chapters_or_studies(library: str):
+    """Issue 13: the libraries know nothing of chapters; each part's study lives in kdnb/studies/ and calls them."""
+    upper = ("kdnb.studies", "kdnb.recipes", "kdnb.notebooks", "kdnb.book_pages", "kdnb.book_layout")
+    files = sorted((ROOT / "kdnb" / library).rglob("*.py"))
+    assert files
+    bad = [f"{f.relative_to(ROOT)}:{line}: {name}" for f in files
+           for line, name in imported_modules(f.read_text(encoding="utf-8"), package_of(f))
+           if any(name == m or name.startswith(m + ".") for m in upper)]
+    assert not bad, f"kdnb/{library} must not import {', '.join(upper)}:\n" + "\n".join(bad)
