@@ -256,7 +256,10 @@ def check_visual_concepts(values: dict, notebook) -> None:
                                "weak_networks"), verdicts=("overall",), widget=False, figures=2)
     assert _number(values["chance"]) == pytest.approx(10)  # ten classes
     parts = [int(values[k]) for k in ("n_reproduced", "n_not_reproduced", "n_inconclusive")]
-    assert sum(parts) == int(values["n_comparisons"]) > 0
+    assert sum(parts) == int(values["n_comparisons"])
+    # At smoke the networks may all sit below twice chance: they are then reported apart and leave no comparison
+    # in the tally (issue 15), which the chapter must say rather than count broken networks.
+    assert int(values["n_comparisons"]) > 0 or int(values["n_weak"]) > 0
 
 
 def check_sequential_learning(values: dict, notebook) -> None:
