@@ -216,12 +216,17 @@ def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
     return rejected
 
 
+def _one_sided(comparisons: Sequence[PairedComparison], null: float, alternative: str) -> list[float]:
+    """One-sided p-values of ``comparisons``; NaN (never rejected) with fewer than :data:`MIN_PAIRS` pairs or no
+    spread, as :func:`verdict_for_improvement` calls those inconclusive."""
+    return [p_value(c, null, alternative) if c.difference.n >= MIN_PAIRS and c.difference.std > 0 else math.nan
+            for c in comparisons]
+
+
 def _against(comparisons: Sequence[PairedComparison], null: float) -> list[bool]:
     """Which comparisons show, with Holm's family-wise control, a mean below ``null`` (one-sided at α/2, the
     lower tail of the two-sided 95% interval)."""
-    usable = [c.difference.n >= MIN_PAIRS and c.difference.std > 0 for c in comparisons]
-    p = [p_value(c, null, "less") if ok else math.nan for c, ok in zip(comparisons, usable)]
-    return holm(p, alpha=ALPHA / 2)
+    return holm(_one_sided(comparisons, null, "less"), alpha=ALPHA / 2)
 
 
 def verdict_for_all(comparisons: Mapping[str, PairedComparison]) -> str:
@@ -288,12 +293,10 @@ class FamilyCount:
 
 
 def family_count(comparisons: Sequence[PairedComparison]) -> FamilyCount:
-    """Holm over the two one-sided tests of every comparison in the family (2k tests at α/2 family-wise each)."""
+    """Holm at family-wise α over the 2k one-sided tests of the family (for and against each comparison): the
+    first step compares each p-value with α / 2k, Bonferroni's two-sided α over k comparisons."""
     comparisons = list(comparisons)
-    usable = [c.difference.n >= MIN_PAIRS and c.difference.std > 0 for c in comparisons]
-    p_for = [p_value(c, 0.0, "greater") if ok else math.nan for c, ok in zip(comparisons, usable)]
-    p_against = [p_value(c, 0.0, "less") if ok else math.nan for c, ok in zip(comparisons, usable)]
-    rejected = holm(p_for + p_against, alpha=ALPHA)
+    rejected = holm(_one_sided(comparisons, 0.0, "greater") + _one_sided(comparisons, 0.0, "less"), alpha=ALPHA)
     k = len(comparisons)
     return FamilyCount(sum(rejected[:k]), sum(rejected[k:]), k)
 
