@@ -147,14 +147,19 @@ def test_import_checker_resolves_relative_imports():
     assert package_of(ROOT / "kdnb" / "data" / "files.py") == "kdnb.data"
 
 
-@pytest.mark.parametrize("layer", ["data", "models"])
-def test_lower_layers_do_not_import_upper_ones(layer: str):
-    files = sorted((ROOT / "kdnb" / layer).rglob("*.py"))
+def assert_imports_none_of(package: str, forbidden: tuple[str, ...]) -> None:
+    """No module under kdnb/<package> imports any of ``forbidden`` (or their submodules), anywhere in its source."""
+    files = sorted((ROOT / "kdnb" / package).rglob("*.py"))
     assert files
     bad = [f"{f.relative_to(ROOT)}:{line}: {name}" for f in files
            for line, name in imported_modules(f.read_text(encoding="utf-8"), package_of(f))
-           if any(name == m or name.startswith(m + ".") for m in FORBIDDEN)]
-    assert not bad, f"kdnb/{layer} must not import {', '.join(FORBIDDEN)}:\n" + "\n".join(bad)
+           if any(name == m or name.startswith(m + ".") for m in forbidden)]
+    assert not bad, f"kdnb/{package} must not import {', '.join(forbidden)}:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("layer", ["data", "models"])
+def test_lower_layers_do_not_import_upper_ones(layer: str):
+    assert_imports_none_of(layer, FORBIDDEN)
 
 
 # ---------------------------------------------------------------------------------------------- JupyterLab
@@ -273,10 +278,5 @@ def test_no_import_cycles_between_kdnb_modules():
 @pytest.mark.parametrize("library", ["distill", "explain", "concepts", "analysis"])
 def test_libraries_know_nothing_of_chapters_or_studies(library: str):
     """Issue 13: the libraries know nothing of chapters; each part's study lives in kdnb/studies/ and calls them."""
-    upper = ("kdnb.studies", "kdnb.recipes", "kdnb.notebooks", "kdnb.book_pages", "kdnb.book_layout")
-    files = sorted((ROOT / "kdnb" / library).rglob("*.py"))
-    assert files
-    bad = [f"{f.relative_to(ROOT)}:{line}: {name}" for f in files
-           for line, name in imported_modules(f.read_text(encoding="utf-8"), package_of(f))
-           if any(name == m or name.startswith(m + ".") for m in upper)]
-    assert not bad, f"kdnb/{library} must not import {', '.join(upper)}:\n" + "\n".join(bad)
+    assert_imports_none_of(library, ("kdnb.studies", "kdnb.recipes", "kdnb.notebooks", "kdnb.book_pages",
+                                      "kdnb.book_layout"))
