@@ -180,16 +180,8 @@ def test_probe_images_are_normalised_test_images_with_boxes_on_the_grid() -> Non
 
 
 # ---------------------------------------------------------------- the proxy against the faithful estimator
-from kdnb.concepts import EntropyResult  # noqa: E402
 from kdnb.studies.part1 import proxy  # noqa: E402
-
-
-def result_of(entropy: torch.Tensor, mode: str = "linearised", **settings) -> EntropyResult:
-    n = entropy.shape[0]
-    return EntropyResult(sigma=entropy.exp(), entropy=entropy, mean_entropy=entropy.mean(dim=(1, 2)),
-                         valid=torch.ones(n, dtype=torch.bool), pinned=torch.zeros_like(entropy, dtype=torch.bool),
-                         s_f=torch.ones(n), lam=torch.full((n,), 7.0), step=torch.zeros(n, dtype=torch.long),
-                         history=settings.pop("history", torch.zeros(n, 1)), mode=mode, settings=settings)
+from test_concepts_metrics import result_of  # noqa: E402  (an entropy result made by hand)
 
 
 def test_proxy_validation_rule_per_architecture_and_layer() -> None:

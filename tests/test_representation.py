@@ -135,14 +135,21 @@ def test_loss_gradients_of_a_linear_head_are_the_closed_form():
     assert head.weight.grad is None
 
 
-@pytest.fixture(scope="module")
-def resnet_and_data():
+def resnet8_with_bn_statistics() -> nn.Module:
+    """A ResNet-8 (seed 0) whose BatchNorm running statistics are not the initial 0/1, so that a computation
+    that moved or ignored them would show."""
     torch.manual_seed(0)
     model = models.create("resnet8", num_classes=10)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def resnet_and_data():
+    model = resnet8_with_bn_statistics()
     x = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 10, (48,), generator=torch.Generator().manual_seed(2))
     return model, (x, y)
