@@ -122,3 +122,25 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_resume_equals_uninterrupted(make_trainer, tmp_path: Path, stop_after: int = 2):
+    """Train once uninterrupted (``make_trainer(tmp_path / "a")``), and once killed after epoch ``stop_after`` and
+    resumed by a fresh trainer on the same folder: the two methods' state dicts (buffers included) are equal to
+    the bit. ``make_trainer(run_dir, **kwargs)`` builds a fresh method and Trainer. Returns the reference trainer."""
+    import torch
+
+    reference = make_trainer(tmp_path / "a")
+    reference.fit()
+
+    def stop(metrics):
+        if metrics["epoch"] == stop_after:
+            raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path / "b", on_epoch_end=stop).fit()
+    resumed = make_trainer(tmp_path / "b")
+    resumed.fit()
+    for k, v in reference.method.state_dict().items():
+        assert torch.equal(v, resumed.method.state_dict()[k]), k
+    return reference

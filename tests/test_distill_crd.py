@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_resume_equals_uninterrupted
 from kdnb import distill, models, runs
 from kdnb.distill import Context
 from kdnb.distill.contrastive import ContrastMemory, NegativeSampler, nce_loss
@@ -117,19 +118,9 @@ def trainer(spec, run_dir=None, **kwargs) -> Trainer:
 
 def test_crd_trains_and_its_resume_restores_the_memory(tmp_path):
     spec = tiny_spec(epochs=3)
-    reference = trainer(spec, tmp_path / "a")
-    history = reference.fit()
+    # The resumed run is a fresh method: an empty memory, sized by the load.
+    reference = assert_resume_equals_uninterrupted(lambda run_dir, **kw: trainer(spec, run_dir, **kw), tmp_path)
+    history = reference.history
     assert all({"train_ce", "train_crd"} <= set(row) for row in history)
     assert reference.method.memory.student.shape == (40, 128) and reference.method.k_used == 36
     assert bool((reference.method.memory.z > 0).all())
-
-    def stop_after_two(metrics):
-        if metrics["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        trainer(spec, tmp_path / "b", on_epoch_end=stop_after_two).fit()
-    resumed = trainer(spec, tmp_path / "b")  # a fresh method: an empty memory, sized by the load
-    resumed.fit()
-    for k, v in reference.method.state_dict().items():
-        assert torch.equal(v, resumed.method.state_dict()[k]), k

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_resume_equals_uninterrupted
 from kdnb import distill, runs
 from kdnb.distill.factor import reconstruction_loss
 from kdnb.train import Schedule, Trainer
@@ -100,19 +101,7 @@ def test_resume_of_the_two_update_run_equals_uninterrupted(tmp_path):
         return Trainer(make(spec), runs.batches(spec, "train", "cpu"), spec.schedule, seed=spec.seed,
                        device="cpu", run_dir=run_dir, **kwargs)
 
-    reference = trainer(tmp_path / "a")
-    reference.fit()
-
-    def stop_after_two(metrics):
-        if metrics["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        trainer(tmp_path / "b", on_epoch_end=stop_after_two).fit()
-    resumed = trainer(tmp_path / "b")
-    resumed.fit()
-    for k, v in reference.method.state_dict().items():
-        assert torch.equal(v, resumed.method.state_dict()[k]), k
+    assert_resume_equals_uninterrupted(trainer, tmp_path)
 
 
 def test_run_records_both_networks_and_their_splits(tmp_path):
