@@ -92,8 +92,9 @@ def progress_bar(total: int, desc: str):
 def epoch_line(desc: str, metrics: dict, epochs: int) -> str:
     """``[<run>] epoch i/N loss=… train_acc=… test_acc=… (s)`` for one finished epoch."""
     test = f" test_acc={metrics['test_acc']:.4f}" if "test_acc" in metrics else ""
-    return (f"[{desc}] epoch {metrics['epoch']}/{epochs} loss={metrics['train_loss']:.4f} "
-            f"train_acc={metrics['train_acc']:.4f}{test} ({metrics['train_time_s']:.1f} s)")
+    train = f" train_acc={metrics['train_acc']:.4f}" if "train_acc" in metrics else ""  # a part classifies nothing
+    return (f"[{desc}] epoch {metrics['epoch']}/{epochs} loss={metrics['train_loss']:.4f}"
+            f"{train}{test} ({metrics['train_time_s']:.1f} s)")
 
 
 def log_epoch(desc: str, metrics: dict, epochs: int) -> None:

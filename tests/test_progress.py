@@ -170,3 +170,14 @@ def test_kdnb_run_shows_each_epoch_of_each_run_in_the_terminal(tmp_path):
         assert run not in outputs, f"progress of {run} landed in the notebook"
     assert not EPOCH_LINE.search(outputs) and "it/s" not in outputs
     assert "FloatProgress" not in widgets and "FloatProgress" not in outputs, "a tqdm widget is in the notebook"
+
+
+def test_epoch_line_of_a_part_run_without_training_accuracy():
+    """A part run (the IE-KD auto-encoder) classifies nothing: its epoch metrics have no train_acc."""
+    from kdnb.progress import epoch_line
+
+    line = epoch_line("ae", {"epoch": 1, "train_loss": 0.5, "train_time_s": 1.0}, 2)
+    assert line == "[ae] epoch 1/2 loss=0.5000 (1.0 s)"
+    full = epoch_line("s", {"epoch": 2, "train_loss": 0.5, "train_acc": 0.25, "test_acc": 0.5,
+                            "train_time_s": 1.0}, 2)
+    assert full == "[s] epoch 2/2 loss=0.5000 train_acc=0.2500 test_acc=0.5000 (1.0 s)"
