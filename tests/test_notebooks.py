@@ -305,6 +305,31 @@ def check_ablations(values: dict, notebook) -> None:
     assert sum(parts) == int(values["n_claims"]) > 0
 
 
+def check_compact_knowledge(values: dict, notebook) -> None:
+    _common(values, notebook, ("teacher_acc", "through_acc", "agreement", "ncm_feature", "ncm_factor",
+                               "pcs_feature", "pcs_factor", "unexplained", "feature_shape", "factor_shape"),
+            widget=False, figures=1)
+    for name in ("teacher_acc", "through_acc", "agreement", "ncm_feature", "ncm_factor"):
+        assert 0 <= _number(values[name]) <= 100, f"{name} = {values[name]!r}"
+    # Eq. 1's auto-encoder halves the channels (§4.2: ratio 2) and keeps the spatial size.
+    feature = [int(v) for v in str(values["feature_shape"]).split(" × ")]
+    factor = [int(v) for v in str(values["factor_shape"]).split(" × ")]
+    assert factor == [feature[0] // 2, *feature[1:]]
+    assert 1 <= _number(values["pcs_factor"]) <= feature[0] // 2
+
+
+def check_how_it_works(values: dict, notebook) -> None:
+    _common(values, notebook, ("cos_inh", "cos_exp", "cos_kd", "cos_ce", "cka_ce", "cka_ie", "active_ce",
+                               "active_ie", "sum_gap", "rise_ce", "rise_ie", "clean_ce"), figures=2)
+    # The inheritance and exploration maps add up to the IE-FT student's map (masked head, linear rules).
+    assert float(values["sum_gap"]) < 1e-3  # float rounding, larger where a part's partial logit is near 0
+    for name in ("cos_inh", "cos_exp", "cos_kd", "cos_ce"):
+        assert -1 <= _number(values[name]) <= 1
+    for name in ("cka_ce", "cka_ie"):
+        assert 0 <= _number(values[name]) <= 1
+    assert _number(values["active_ce"]) >= 1 and _number(values["clean_ce"]) > 0
+
+
 CHAPTER_CHECKS = {"book/part0/distillation": check_distillation,
                   "book/part1/information_discarding": check_information_discarding,
                   "book/part1/visual_concepts": check_visual_concepts,
@@ -313,7 +338,9 @@ CHAPTER_CHECKS = {"book/part0/distillation": check_distillation,
                   "book/part3/dark_knowledge": check_dark_knowledge,
                   "book/part3/introspective_learning": check_introspective_learning,
                   "book/part3/comparisons": check_comparisons,
-                  "book/part3/ablations": check_ablations}
+                  "book/part3/ablations": check_ablations,
+                  "book/part2/compact_knowledge": check_compact_knowledge,
+                  "book/part2/how_it_works": check_how_it_works}
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
