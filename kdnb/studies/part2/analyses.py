@@ -38,12 +38,12 @@ VERSION = 1
 #: The four networks of Figs. 1 and 3 (and the explorer), with the CE student and the whole IE-FT map beside.
 NETWORKS = ("teacher", "CE", "KD", "IE-FT", "IE-FT inheritance", "IE-FT exploration")
 #: Test images per class whose maps :func:`map_similarity` averages over (a fixed draw, subset seed 0).
-LRP_PER_CLASS = {"book": 20, "smoke": 3}
+LRP_PER_CLASS = {"book": 20, "smoke": 3, "paper": 20}
 #: Noise scales σ of Fig. 4c (absolute: every parameter gets σ·z, the paper's wording) and draws per σ.
 SIGMAS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05)
 DRAWS = {"book": 3, "smoke": 1}
 #: Evaluation images per class for CKA and active neurons (a fixed draw of the test split).
-REPRESENTATION_PER_CLASS = {"book": 100}
+REPRESENTATION_PER_CLASS = {"book": 100, "paper": 100}
 
 
 def first_pair(profile: Profile) -> tuple[str, str]:
@@ -52,7 +52,8 @@ def first_pair(profile: Profile) -> tuple[str, str]:
 
 
 def analysis_runs(profile: Profile, seeds: Sequence[int], student: str | None = None,
-                  labels: Sequence[str] = ("CE", "KD", "IE-FT")) -> tuple[runs.RunSpec, dict[tuple[str, int], runs.RunSpec]]:
+                  labels: Sequence[str] = ("CE", "KD", "IE-FT"),
+                  ) -> tuple[runs.RunSpec, dict[tuple[str, int], runs.RunSpec]]:
     """The teacher spec and ``{(label, seed): spec}`` of the students II.5 reads, all through
     :func:`.scale.part2_student` (so they are Table 1's runs)."""
     teacher_model, default_student = first_pair(profile)
