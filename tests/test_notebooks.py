@@ -330,6 +330,35 @@ def check_how_it_works(values: dict, notebook) -> None:
     assert _number(values["active_ce"]) >= 1 and _number(values["clean_ce"]) > 0
 
 
+def _tally(values: dict) -> None:
+    """The ledger's verdict counts add up to its claims (premise unmet included)."""
+    parts = [int(values[k]) for k in ("n_reproduced", "n_not_reproduced", "n_inconclusive", "n_premise_unmet")]
+    assert sum(parts) == int(values["n_claims"]) > 0
+
+
+def check_inheritance_exploration(values: dict, notebook) -> None:
+    _common(values, notebook, ("ie_ft_minus_ft", "top_method", "s2_premise", "n_claims", "n_reproduced",
+                               "n_not_reproduced", "n_inconclusive", "n_premise_unmet", "n_descriptive"),
+            widget=False, figures=2)
+    _tally(values)
+    # At smoke every cell has one seed: every claim not stopped by its premise is descriptive.
+    claims = [c for _, c in kdnb.analysis.claims_in_notebook(notebook)]
+    assert all(c.note.startswith("Descriptive") for c in claims if c.verdict != kdnb.analysis.PREMISE_UNMET)
+
+
+def check_mutual_learning(values: dict, notebook) -> None:
+    _common(values, notebook, ("ie_minus_dml", "premise", "n_claims", "n_reproduced", "n_not_reproduced",
+                               "n_inconclusive", "n_premise_unmet"), widget=False, figures=2)
+    _tally(values)
+
+
+def check_part2_ablations(values: dict, notebook) -> None:
+    _common(values, notebook, ("best_eta", "best_weights", "premise", "n_claims", "n_reproduced", "n_not_reproduced",
+                               "n_inconclusive", "n_premise_unmet"), widget=False, figures=1)
+    _tally(values)
+    assert values["best_eta"].startswith("η = ")
+
+
 CHAPTER_CHECKS = {"book/part0/distillation": check_distillation,
                   "book/part1/information_discarding": check_information_discarding,
                   "book/part1/visual_concepts": check_visual_concepts,
@@ -340,7 +369,10 @@ CHAPTER_CHECKS = {"book/part0/distillation": check_distillation,
                   "book/part3/comparisons": check_comparisons,
                   "book/part3/ablations": check_ablations,
                   "book/part2/compact_knowledge": check_compact_knowledge,
-                  "book/part2/how_it_works": check_how_it_works}
+                  "book/part2/how_it_works": check_how_it_works,
+                  "book/part2/inheritance_exploration": check_inheritance_exploration,
+                  "book/part2/mutual_learning": check_mutual_learning,
+                  "book/part2/ablations": check_part2_ablations}
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
