@@ -189,6 +189,11 @@ def loss_increase(curve: Mapping) -> float:
 # ------------------------------------------------------------------------------------------------ figures
 #: The four networks of the paper's Figs. 1 and 3, as the figures and the explorer show them.
 SHOWN = ("teacher", "KD", "IE-FT inheritance", "IE-FT exploration")
+#: The networks of the explorer: the four, with the independently trained (CE) student beside, as in Fig. 3.
+EXPLORED = ("teacher", "CE", "KD", "IE-FT inheritance", "IE-FT exploration")
+#: How many images the explorer offers beyond the first of each class: ones the CE student gets wrong and the
+#: IE-FT student right (Fig. 3's choice).
+EXPLORER_FIXED = 6
 
 
 def _show_map(ax, relevance: Tensor, title: str = "") -> None:
