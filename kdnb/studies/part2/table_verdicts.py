@@ -121,7 +121,7 @@ def ie_versus_consistency(frame: pd.DataFrame, row: str, paper: Paper, premise: 
     pairs = [(ie, base) for ie, base in (("IE-AT", "AT"), ("IE-FT", "FT"), ("IE-OD", "OD"))
              if labels is None or (ie in labels and base in labels)]
     text = lambda labels: paper_text(f"{table}, {paper_row or row}", paper, paper_row or row, labels)  # noqa: E731
-    if separate:
+    if separate or len(pairs) == 1:
         return [family_claim(f"{row}: {a} outperforms {b}, the consistency method it extends (§4.3).",
                              text((a, b)), frame, row, [(a, b)], paper, premise, setting, paper_row)
                 for a, b in pairs]
@@ -139,9 +139,9 @@ def ie_versus_all(frame: pd.DataFrame, row: str, labels: Sequence[str], paper: P
     ies = [label for label in labels if label.startswith("IE-")]
     others = [label for label in labels if not label.startswith("IE-") and (include_ce or label != "CE")]
     pairs = [(a, b) for a in ies for b in others]
-    against = ", ".join(others)
-    return family_claim(f"{row}: every IE variant ({', '.join(ies)}) outperforms {against} "
-                        f"({'supplement §2' if include_ce else '§4.3'}).",
+    against = ", ".join(others[:-1]) + f" and {others[-1]}" if len(others) > 1 else others[0]
+    who = f"every IE variant ({', '.join(ies)})" if len(ies) > 1 else ies[0]
+    return family_claim(f"{row}: {who} outperforms {against} ({'supplement §2' if include_ce else '§4.3'}).",
                         paper_text(f"{table}, {paper_row or row}", paper, paper_row or row, [*others, *ies]),
                         frame, row, pairs, paper, premise, setting, paper_row)
 
