@@ -161,3 +161,16 @@ def test_mutual_claims_compare_each_network():
               "IE-DML | Net 1: a": [64, 65.1, 66], "IE-DML | Net 2: b": [68, 69, 70.3]}
     claims = tv.mutual_claims(frame(values), "r", ["Net 1: a", "Net 2: b"], {}, None, "hand-made")
     assert [c.verdict for c in claims] == [analysis.REPRODUCED, analysis.REPRODUCED]
+
+
+def test_book_plan():
+    """The book's cuts keep what the claims need: the decisive seeds on the first pair for every IE variant and
+    its base, and one Table 4 pair with enough seeds for a verdict; every table's other cells are run."""
+    book = get("book")
+    cells = tables.table1_cells(book)
+    first = tables.arrow(scale.part2_pairs(book)[0])
+    for label in ("AT", "FT", "OD", "IE-AT", "IE-FT", "IE-OD"):
+        assert {c.seed for c in cells if c.row == first and c.method == label} == set(scale.part2_seeds(book, True))
+    assert max(len(tables.table4_seeds(book, pair)) for pair in tables.table4_pairs(book)) >= analysis.MIN_PAIRS
+    assert len(tables.table4_pairs(book)) >= 2 and len(scale.part2_pairs(book)) >= 2
+    assert set(tables.table5_etas(book)) == set(tables.ETAS)
