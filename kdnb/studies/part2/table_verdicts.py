@@ -125,9 +125,9 @@ def ie_versus_consistency(frame: pd.DataFrame, row: str, paper: Paper, premise: 
         return [family_claim(f"{row}: {a} outperforms {b}, the consistency method it extends (§4.3).",
                              text((a, b)), frame, row, [(a, b)], paper, premise, setting, paper_row)
                 for a, b in pairs]
-    return [family_claim(f"{row}: each of {', '.join(a for a, _ in pairs)} outperforms the method it extends "
-                         f"({', '.join(b for _, b in pairs)}) (§4.3).", text([x for p in pairs for x in p]), frame, row,
-                         pairs, paper, premise, setting,
+    claim = (f"{row}: each of {', '.join(a for a, _ in pairs)} outperforms the method it extends "
+             f"({', '.join(b for _, b in pairs)}) (§4.3).")
+    return [family_claim(claim, text([x for p in pairs for x in p]), frame, row, pairs, paper, premise, setting,
                          paper_row)]
 
 
