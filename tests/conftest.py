@@ -35,6 +35,18 @@ TEST_BUILD = book_layout.ROOT / "_build" / "test"
 SMOKE_CELL_TIMEOUT = 900  # seconds per cell; a smoke chapter takes about a minute in all
 
 
+# Whichever test first asks for ``smoke_book`` pays for executing every chapter in its set-up, and pytest-timeout
+# counts set-up against that test. So every such test gets the whole book's allowance (a minute or two per chapter
+# on a quiet 2-core machine; ten minutes each leaves room for a loaded one), not the default 900 s of one test.
+SMOKE_BOOK_TIMEOUT = 600 + 600 * len(book_layout.chapters())
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "smoke_book" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(SMOKE_BOOK_TIMEOUT), append=False)
+
+
 def pytest_unconfigure(config) -> None:
     shutil.rmtree(_RUNS, ignore_errors=True)
 
