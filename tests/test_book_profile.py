@@ -17,14 +17,13 @@ def test_distillation_chapter_at_book_profile():
     outcome = notebooks.execute(chapter, "book", {"SHOW_WIDGETS": False})
     assert outcome.error is None, outcome.error
     values = glued(nbformat.read(book_layout.executed_path(chapter), as_version=4))
-    assert values["n_seeds"] == 3
+    assert values["n_seeds"] == 5  # the book's students: Part III's decisive seeds
     assert 80 < values["teacher_acc"] <= 100  # a ResNet-20 on 10,000 Fashion-MNIST images, 6 epochs
-    # KD - CE as measured on two 2-core CPU machines of this project (torch 2.14.1, 2 threads): +1.12 points,
-    # 95% CI [+0.05, +2.19] (the first session's machine) and +1.17, CI [+0.70, +1.64] (AMD EPYC; the old and the new
-    # trainer give bit-identical runs there). CPU runs repeat exactly on one machine, but another CPU's kernels
-    # round differently. The bands hold both measurements with room for a third machine, and not a different result
-    # (a KD gain below half a point, or an interval that no longer sits around +1).
-    assert 0.6 <= values["kd_minus_ce"] <= 1.8
-    assert -0.3 <= values["kd_minus_ce_low"] < values["kd_minus_ce"] < values["kd_minus_ce_high"] <= 2.6
-    expected = kdnb.analysis.REPRODUCED if values["kd_minus_ce_low"] > 0 else kdnb.analysis.INCONCLUSIVE
-    assert values["verdict"] == (expected if values["premise_held"] else kdnb.analysis.PREMISE_UNMET)
+    # The students train on a tenth of the teacher's data so that the teacher leads them (measured on a 2-core CPU:
+    # 88.3-88.7% against a CE ResNet-8 of 76.7-77.8% on the whole test split): the premise must hold at book.
+    assert values["premise_held"] is True
+    assert values["kd_minus_ce_low"] < values["kd_minus_ce"] < values["kd_minus_ce_high"]
+    low, high = values["kd_minus_ce_low"], values["kd_minus_ce_high"]
+    expected = (kdnb.analysis.REPRODUCED if low > 0 else kdnb.analysis.NOT_REPRODUCED if high < 0
+                else kdnb.analysis.INCONCLUSIVE)
+    assert values["verdict"] == expected
