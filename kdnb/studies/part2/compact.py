@@ -54,8 +54,7 @@ def autoencoder_seeds(profile: Profile) -> tuple[int, ...]:
 
 def evaluation_batches(profile: Profile, spec: runs.RunSpec):
     """Part II's evaluation images (Part III's: the whole test split at ``book``), normalised for ``spec``."""
-    per_class = part3_scale.part3_evaluation(profile)
-    return runs.batches(spec.replace(test_per_class=per_class, subset_seed=0), "test").batches(0, 0)
+    return runs.batches(part3_scale.part3_evaluation_spec(spec, profile), "test").batches(0, 0)
 
 
 def _ncm_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:

@@ -154,6 +154,13 @@ def part3_evaluation(profile: Profile) -> int | None:
     return PART3_EVALUATION.get(profile.name, part3_profile(profile).test_per_class)
 
 
+def part3_evaluation_spec(spec: RunSpec, profile: Profile) -> RunSpec:
+    """``spec`` with its test set replaced by Part III's evaluation set at ``profile`` (:func:`part3_evaluation`
+    images per class, subset seed 0): the one draw every final accuracy, and Part II's factor report, is
+    measured on."""
+    return spec.replace(test_per_class=part3_evaluation(profile), subset_seed=0)
+
+
 def _evaluate(run: Run, spec: RunSpec, split: str) -> float:
     from ...train import evaluate
 
@@ -170,7 +177,7 @@ def part3_test_accuracy(run: Run, profile: Profile) -> float:
     spec = run.spec
     if per_class == spec.test_per_class and (per_class is None or spec.subset_seed == 0):
         return 100.0 * float(run.final["test_acc"])
-    target = spec.replace(test_per_class=per_class, subset_seed=0)
+    target = part3_evaluation_spec(spec, profile)
     return 100.0 * cache.cached("part3_test_accuracy", lambda: _evaluate(run, target, "test"), runs=run,
                                 args={"test_per_class": per_class})
 
