@@ -7,11 +7,20 @@ Checks: a short training run per method family on CUDA (CE, KD with a teacher, D
 optimisers, a staged method with a frozen part); resume after an interruption equals an uninterrupted run;
 ``TensorBatches`` on the device equal the CPU batches; cuDNN is deterministic while training and two identical
 runs agree; the trainer does not synchronise with the device per step (``torch.cuda.set_sync_debug_mode``);
-a non-finite loss is still caught by the deferred check.
+a non-finite loss is still caught by the deferred check; Part I's entropy estimator and the all-class Grad-CAM maps
+(:func:`kdnb.explain.class_maps`) give the CPU's answer on the same inputs and noise; one run trained by
+``torchrun`` on 1 GPU (and on 2 where there are two; NCCL) equals the single-process run.
+
+Every check takes the device as an argument, so the test suite runs them with ``device="cpu"`` (the comparisons
+with the CPU are then exact, and the distributed run uses 2 processes on gloo): the logic stays exercised on
+machines without a GPU.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +33,14 @@ import torch
 
 TOLERANCE = 1e-4  # max |difference| allowed between two CUDA runs that should agree (atomics in some kernels)
 PER_CLASS = 64  # training images per class: 10 steps of 64 per epoch
+# Entropy maps (nats) on another device, same images and noise: kernels round differently (~1e-6 relative per op
+# in strict fp32); the distortion takes f(x + σε) − f(x) at σ ≈ 0.01, a cancellation that amplifies that to
+# ~1e-4 relative, and 15 damped steps keep it there: ≲ 1e-3 nats. 1e-2 leaves 10x; the maps span about a nat
+# across cells, and TF32 left on (1e-3 relative on the features, ~10 % on the distortion) would exceed it.
+ENTROPY_TOLERANCE = 1e-2
+# Grad-CAM maps on another device, relative to the largest map value: one forward (and K backwards) in fp32,
+# ~1e-6 relative rounding per op through 8 layers; 1e-4 leaves 10-100x.
+MAPS_TOLERANCE = 1e-4
 
 
 def _spec(**changes):
@@ -200,6 +217,106 @@ def check_non_finite(device: str) -> str:
     raise AssertionError("a non-finite loss went unnoticed")
 
 
+@contextlib.contextmanager
+def _noise_from_the_cpu():
+    """The estimator's noise drawn by CPU generators and moved to the device, for the duration: a CUDA generator
+    draws other numbers than a CPU one from the same seed, and the comparison needs the same perturbations."""
+    from .concepts import estimator
+
+    original = estimator._Noise
+
+    class CPUNoise(original):
+        def __init__(self, seeds, shape, device):
+            super().__init__(seeds, shape, torch.device("cpu"))
+            self.target = device
+
+        def draw(self, images, count):
+            return super().draw(images, count).to(self.target)
+
+    estimator._Noise = CPUNoise
+    try:
+        yield
+    finally:
+        estimator._Noise = original
+
+
+def _network_and_images(count: int):
+    from . import runs
+
+    spec = _spec()
+    x, _ = next(iter(runs.batches(spec, "test", "cpu").batches(0, 0)))
+    return runs.build_model(spec).eval(), x[:count]  # untrained, seeded: the arithmetic is what is compared
+
+
+def check_estimator(device: str) -> str:
+    from .concepts import estimate_entropy, feature_fn
+
+    model, x = _network_and_images(2)
+    options = {"converged": dict(samples=8, sf_samples=16, converged_steps=15, chunk=8),
+               "linearised": dict(vjps=8, steps=30, extra_steps=10, chunk=8)}
+    worst = {}
+    for mode, settings in options.items():
+        with _noise_from_the_cpu():
+            here = estimate_entropy(feature_fn(model.to(device), "stage2"), x, 7, mode=mode, device=device,
+                                    **settings)
+            there = estimate_entropy(feature_fn(model.to("cpu"), "stage2"), x, 7, mode=mode, device="cpu",
+                                     **settings)
+        assert bool(here.valid.all()) and bool(torch.isfinite(here.entropy).all()), f"{mode}: invalid images"
+        worst[mode] = (here.entropy - there.entropy).abs().max().item()
+        assert worst[mode] <= ENTROPY_TOLERANCE, f"{mode}: entropy maps differ by {worst[mode]:.3g} nats"
+    return ", ".join(f"{mode}: max |ΔH| {value:.2g} nats" for mode, value in worst.items())
+
+
+def check_class_maps(device: str) -> str:
+    from .explain import class_maps
+
+    model, x = _network_and_images(8)
+    worst = {}
+    for layer in (None, "stage2"):  # the closed-form fast path, and K backwards through the graph
+        here = class_maps(model.to(device), x.to(device), "gradcam", layer).cpu()
+        there = class_maps(model.to("cpu"), x, "gradcam", layer)
+        assert here.shape == there.shape and here.shape[1] == 10
+        scale = there.abs().max().item()
+        assert scale > 0, "every map is zero: nothing was compared"
+        worst[layer or "default layer"] = (here - there).abs().max().item() / scale
+        assert worst[layer or "default layer"] <= MAPS_TOLERANCE, f"maps at {layer} differ: {worst}"
+    return ", ".join(f"{layer}: max relative difference {value:.2g}" for layer, value in worst.items())
+
+
+def _torchrun(processes: int, spec_path: Path, root: Path, device: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "kdnb", "train", str(spec_path), "--device", device]
+    env = {**os.environ, "KDNB_RUNS": str(root), "KDNB_PROGRESS": "off", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"torchrun failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+
+
+def check_distributed(root: Path, device: str) -> str:
+    """The run trained by ``torchrun`` on 1 and (where present) 2 GPUs against the single-process run on one
+    GPU: the same key, and weights and metrics within :data:`TOLERANCE` (an MLP: no BatchNorm, whose statistics
+    over a process's share differ from the whole batch's, and no dropout; README, "Several processes")."""
+    from . import runs, storage
+    from .train import Schedule
+
+    spec = _spec(model="mlp", model_args={"hidden": (64,)},
+                 schedule=Schedule(epochs=2, batch_size=50, lr=0.05, checkpoints=(0, 1)))
+    one = runs.train_or_load(spec, root=root / "one", device=device)
+    (root / "spec.json").write_text(json.dumps(spec.to_dict()))
+    counts = [2] if device == "cpu" else [1, *([2] if torch.cuda.device_count() >= 2 else [])]
+    done = []
+    for processes in counts:
+        _torchrun(processes, root / "spec.json", root / f"on{processes}", device)
+        folder = root / f"on{processes}" / spec.key()  # the single-process run's key
+        metrics = storage.load_json(folder / "metrics.json")
+        assert metrics["processes"] == processes and metrics["device"].startswith(device), metrics["device"]
+        weights = storage.load_torch(folder / "final.pt")["student"]
+        difference = _max_difference(one.model(device="cpu").state_dict(), {k: v.cpu() for k, v in weights.items()})
+        assert difference <= TOLERANCE, f"{processes} processes: weights differ by {difference:.3g}"
+        assert abs(metrics["final"]["test_loss"] - one.final["test_loss"]) <= TOLERANCE * (1 + one.final["test_loss"])
+        done.append(f"{processes} process{'es' if processes > 1 else ''}: max |Δweight| {difference:.2g}")
+    return ", ".join(done)
+
+
 def checks(root: Path, device: str) -> list[tuple[str, Callable[[], str]]]:
     """The checks, in order, as ``(name, run)``; ``device`` is ``"cuda"`` (the CPU runs them in the tests)."""
     found = [
@@ -209,6 +326,9 @@ def checks(root: Path, device: str) -> list[tuple[str, Callable[[], str]]]:
         ("TensorBatches on the device", lambda: check_batches_on_device(device)),
         ("deterministic kernels", lambda: check_determinism(root / "determinism", device)),
         ("non-finite loss", lambda: check_non_finite(device)),
+        ("entropy estimator against the CPU", lambda: check_estimator(device)),
+        ("Grad-CAM class maps against the CPU", lambda: check_class_maps(device)),
+        ("one run on several processes (torchrun)", lambda: check_distributed(root / "distributed", device)),
     ]
     if device == "cuda":
         found.append(("no synchronisation per step", check_no_sync_per_step))

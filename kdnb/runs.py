@@ -50,7 +50,7 @@ from torch import nn
 
 from . import data, distill, models, probes, storage
 from .modules import parameters_under
-from .train import Schedule, Trainer, checkpoint_name, step_of
+from .train import Replicas, Schedule, Trainer, checkpoint_name, step_of
 
 CACHE_VERSION = 2  # bump when a change to the code makes every old run wrong (2: stage-aware trainer)
 EVAL_BATCH_SIZE = 500
@@ -396,6 +396,14 @@ def _load_finished(spec: RunSpec, path: Path) -> Run | None:
     return run
 
 
+def finished(spec: RunSpec, root: str | Path | None = None) -> Run | None:
+    """The finished run of ``spec`` in the cache (``root``, default :func:`runs_root`), or ``None``: what
+    :func:`train_or_load` would return without training. A damaged run is removed (it would be redone anyway).
+    The plan (:mod:`kdnb.plan`) asks this to say which runs are cached."""
+    base = Path(root) if root is not None else runs_root()
+    return _load_finished(spec, base / spec.key())
+
+
 def train_or_load(spec: RunSpec, root: str | Path | None = None, device: torch.device | str | None = None,
                   force: bool = False) -> Run:
     """Return the finished run for ``spec``: from the cache, by resuming an interrupted one, or by training it.
@@ -425,25 +433,47 @@ def _obtain(spec: RunSpec, root: Path, device: torch.device | str | None, force:
             teacher = _obtain(spec.teacher, root, device).model(device=device)
         inputs = {k: _obtain(v, root, device) for k, v in spec.inputs().items()}
         method = build_method(spec, teacher, inputs)
+        return Run(spec, path, train_run(spec, path, method, device))
+
+
+def train_run(spec: RunSpec, path: Path, method: distill.Method, device: torch.device,
+              replicas: "Replicas | None" = None) -> dict:
+    """Train ``method`` (built by :func:`build_method`) as run ``spec`` in ``path``, or finish it from its
+    ``state.pt``, and write the run's files; returns its metrics (what ``metrics.json`` holds).
+
+    With ``replicas`` this is one of several processes training the run together (:mod:`kdnb.distributed`): it
+    trains on its share of every batch and only process 0 writes files; the metrics it returns are complete on
+    process 0 alone.
+    """
+    writes = replicas is None or replicas.rank == 0
+    train_batches = batches(spec, "train", device)
+    if replicas is not None:
+        train_batches = train_batches.shard(replicas.rank, replicas.size)
+    if writes:
         storage.save_json(spec.to_dict(), path / "spec.json")
-        trainer = Trainer(method, batches(spec, "train", device), spec.schedule, seed=spec.seed,
-                          evaluation=batches(spec, "test", device), device=device,
-                          probes=[probes.create(p) for p in spec.probes], run_dir=path, desc=spec.label)
-        began = time.perf_counter()
-        history = trainer.fit()
-        # The student's weights once; everything else the method trained (e.g. DML's peer) beside them.
-        extras = {k: v for k, v in method.state_dict().items() if not k.startswith("student.")}
-        student = method.student.state_dict() if method.student is not None else None  # a part has none
-        storage.save_torch({"student": student, "extras": extras}, path / "final.pt")
-        if spec.probes:
-            storage.save_torch(trainer.series(), path / "series.pt")
-        final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
-        metrics = {"history": history, "final": final, "device": str(device),
-                   "wall_time_s": time.perf_counter() - began, "steps_per_epoch": trainer.steps_per_epoch,
-                   "train_images": trainer.train_batches.num_samples}
-        try:
-            storage.save_json(metrics, path / "metrics.json")
-        except storage.UnsaveableValue as error:
-            raise storage.UnsaveableValue(f"run {spec.label} ({path}): {error}") from None
-        storage.remove(path / "state.pt")
-        return Run(spec, path, metrics)
+    trainer = Trainer(method, train_batches, spec.schedule, seed=spec.seed,
+                      evaluation=batches(spec, "test", device), device=device,
+                      probes=[probes.create(p) for p in spec.probes], run_dir=path, desc=spec.label,
+                      replicas=replicas)
+    began = time.perf_counter()
+    history = trainer.fit()
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "stage", "lr", "train_time_s")}
+    metrics = {"history": history, "final": final, "device": str(device),
+               "wall_time_s": time.perf_counter() - began, "steps_per_epoch": trainer.steps_per_epoch,
+               "train_images": trainer.train_batches.num_samples}
+    if replicas is not None:
+        metrics["processes"] = replicas.size
+    if not writes:
+        return metrics
+    # The student's weights once; everything else the method trained (e.g. DML's peer) beside them.
+    extras = {k: v for k, v in method.state_dict().items() if not k.startswith("student.")}
+    student = method.student.state_dict() if method.student is not None else None  # a part has none
+    storage.save_torch({"student": student, "extras": extras}, path / "final.pt")
+    if spec.probes:
+        storage.save_torch(trainer.series(), path / "series.pt")
+    try:
+        storage.save_json(metrics, path / "metrics.json")
+    except storage.UnsaveableValue as error:
+        raise storage.UnsaveableValue(f"run {spec.label} ({path}): {error}") from None
+    storage.remove(path / "state.pt")
+    return metrics

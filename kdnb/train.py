@@ -8,6 +8,10 @@ run trains, whatever the caller set.
 
 GPU hygiene: nothing in a step waits for the device. Loss terms, accuracy and the non-finite check accumulate
 on the device and are read once per epoch (and every ``check_every`` steps for the non-finite check).
+
+Several processes (:mod:`kdnb.distributed`): given ``replicas``, each process trains on its share of every batch
+and the trainer averages the gradients of each update over the processes before the optimiser steps, so every
+process takes the same step; only process 0 evaluates and writes files. Without ``replicas`` nothing of this runs.
 """
 from __future__ import annotations
 
@@ -95,6 +99,24 @@ def checkpoint_name(step: int) -> str:
 
 class NonFiniteLoss(FloatingPointError):
     """Training produced NaN or inf; the message names the epoch, the step and every loss term."""
+
+
+class Replicas(Protocol):
+    """The processes that train one run together (:class:`kdnb.distributed.Group` implements it).
+
+    ``average_gradients(parameters, samples)``: every parameter's gradient becomes the sample-weighted mean over
+    the processes of their gradients (``samples``: this process's share of the batch), i.e. the gradient of the
+    loss over the whole batch; ``average_statistics(module, samples)``: BatchNorm running statistics averaged over
+    the processes, weighted the same way (each process normalised its own share); ``sum(values)``: a 1-D tensor
+    summed over the processes.
+    """
+
+    rank: int
+    size: int
+
+    def average_gradients(self, parameters: list[nn.Parameter], samples: int) -> None: ...
+    def average_statistics(self, module: nn.Module, samples: int) -> None: ...
+    def sum(self, values: Tensor) -> Tensor: ...
 
 
 class Probe(Protocol):
@@ -200,24 +222,40 @@ class _NonFiniteWatch:
         self.where.clear()
 
 
+class _NoBar:
+    """The progress bar of a process that does not report (every process of a run but process 0)."""
+
+    def update(self, steps: int) -> None:
+        pass
+
+    def set_postfix(self, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Train ``method`` on ``train`` batches following ``schedule``.
 
     ``train``/``evaluation`` are :class:`kdnb.data.TensorBatches` (anything with ``batches(epoch, seed)`` and
-    ``len``). When ``train`` can also say which samples each batch holds (``plan(epoch, seed).order``,
-    ``batch_size``, ``labels``), each step's :class:`Context` carries their indices, the training set's size and
+    ``len``). When ``train`` can also say which samples each batch holds (``sample_indices(epoch, seed)``,
+    ``labels``), each step's :class:`Context` carries their indices, the training set's size and
     its labels. Every trainable parameter must belong to exactly one of the method's updates
     (:func:`kdnb.distill.base.check_updates`, checked here before anything trains). With ``run_dir`` the trainer writes ``state.pt`` after every epoch (resume point) and
     ``ckpt/step_XXXXXXXX.pt`` at ``schedule.checkpoints``; a fresh ``fit`` on the same directory resumes.
     ``on_epoch_end(metrics)`` is called with each epoch's metrics dict. ``check_every`` steps, the trainer reads
     the device to stop on a non-finite loss (default: every step on the CPU, where reading costs nothing; 50
-    on accelerators).
+    on accelerators). With ``replicas`` (several processes training one run, :mod:`kdnb.distributed`) ``train``
+    holds this process's share of every batch; gradients are averaged over the processes at every update and the
+    epoch's loss terms and accuracy summed over them; process 0 alone evaluates, logs and writes files.
     """
 
     def __init__(self, method: Method, train, schedule: Schedule, *, seed: int = 0, evaluation=None,
                  device: torch.device | str | None = None, probes: Iterable[Probe] = (),
                  run_dir: str | Path | None = None, desc: str = "train",
-                 on_epoch_end: Callable[[dict], None] | None = None, check_every: int | None = None) -> None:
+                 on_epoch_end: Callable[[dict], None] | None = None, check_every: int | None = None,
+                 replicas: Replicas | None = None) -> None:
         from . import device as default_device
 
         self.device = torch.device(device) if device is not None else default_device()
@@ -230,6 +268,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.desc = desc
         self.on_epoch_end = on_epoch_end
+        self.replicas = replicas
+        self.writes = replicas is None or replicas.rank == 0  # the one process that evaluates, logs and writes
         self.check_every = check_every or (1 if self.device.type == "cpu" else 50)
         self.plan = _stage_plan(method.stages(schedule.epochs), schedule.epochs)
         self.steps_per_epoch = len(train)
@@ -267,7 +307,7 @@ class Trainer:
         return optimizers
 
     def _save_state(self, epoch: int, optimizers: list[tuple[Update, torch.optim.Optimizer]]) -> None:
-        if self.state_path is None:
+        if self.state_path is None or not self.writes:
             return
         storage.save_torch({
             "epoch": epoch,
@@ -293,7 +333,7 @@ class Trainer:
 
     def _save_checkpoint(self, step: int) -> None:
         """Every network the method evaluates, after ``step`` optimizer steps (on a checkpoint step)."""
-        if self.run_dir is None or step not in self.checkpoint_steps:
+        if self.run_dir is None or step not in self.checkpoint_steps or not self.writes:
             return
         networks = self.method.evaluated()
         student = self.method.student
@@ -315,13 +355,10 @@ class Trainer:
         """Each batch's sample indices in the training set (one host-to-device copy per epoch), or None forever
         when the batches cannot say."""
         train = self.train_batches
-        if not all(hasattr(train, a) for a in ("plan", "batch_size", "labels")):
+        if not all(hasattr(train, a) for a in ("sample_indices", "labels")):
             while True:
                 yield None
-        order = train.plan(epoch, self.seed).order.to(self.device)
-        size = train.batch_size
-        for step in range(len(train)):
-            yield order[step * size:(step + 1) * size]
+        yield from train.sample_indices(epoch, self.seed)
 
     # -------------------------------------------------------------------------------------- training
     def fit(self) -> list[dict]:
@@ -329,7 +366,8 @@ class Trainer:
         start_epoch, optimizer_state = self._resume()
         if start_epoch == 0:
             self._save_checkpoint(0)
-        bar = progress_bar((self.schedule.epochs - start_epoch) * self.steps_per_epoch, self.desc)
+        bar = (progress_bar((self.schedule.epochs - start_epoch) * self.steps_per_epoch, self.desc) if self.writes
+               else _NoBar())
         try:
             with deterministic_kernels():
                 for stage, first, length in self.plan:
@@ -345,7 +383,8 @@ class Trainer:
                             optimizer_state = None
                         for epoch in range(max(first, start_epoch), first + length):
                             metrics = self._train_epoch(epoch, stage, first, length, optimizers, freeze, bar)
-                            log_epoch(self.desc, metrics, self.schedule.epochs)
+                            if self.writes:
+                                log_epoch(self.desc, metrics, self.schedule.epochs)
                             self.history.append(metrics)
                             self._save_state(epoch + 1, optimizers)
                             if self.on_epoch_end is not None:
@@ -358,7 +397,10 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, stage: Stage, first: int, length: int,
                      optimizers: list[tuple[Update, torch.optim.Optimizer]], freeze: Freeze, bar) -> dict:
-        torch.manual_seed(epoch_seed(self.seed, epoch))  # dropout etc.: same stream on resume
+        seed = epoch_seed(self.seed, epoch)
+        if self.replicas is not None:  # each process its own dropout masks (process 0: the single-process stream)
+            seed += self.replicas.rank
+        torch.manual_seed(seed)  # dropout etc.: same stream on resume
         self.method.train()
         freeze.hold_eval()
         steps = self.steps_per_epoch
@@ -398,22 +440,33 @@ class Trainer:
                     watch.check()
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                if self.replicas is not None:
+                    self.replicas.average_gradients(
+                        [p for group in optimizer.param_groups for p in group["params"]], batch)
                 optimizer.step()
                 for k, v in terms.items():
                     term_sums[k] = term_sums[k] + v.detach() * batch if k in term_sums else v.detach() * batch
+            if self.replicas is not None:
+                self.replicas.average_statistics(self.method, batch)
             for probe in self.probes:
                 probe.after_step(self.method)
             count += batch
             self._save_checkpoint(global_step + 1)
             bar.update(1)
         watch.check()
+        if self.replicas is not None:  # the epoch's sums over the whole batches, not this process's shares
+            names = list(term_sums)
+            summed = self.replicas.sum(torch.stack([*(term_sums[k].double() for k in names), correct.double(),
+                                                    torch.tensor(float(count), device=self.device)]))
+            term_sums = dict(zip(names, summed[:len(names)]))
+            correct, count = summed[len(names)], int(summed[-1].item())
         metrics = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "train_time_s": time.perf_counter() - began}
         sums = {k: v.item() / count for k, v in term_sums.items()}
         metrics["train_loss"] = sum(sums.values())
         metrics.update({f"train_{k}": v for k, v in sums.items()})
         if classified:  # a part (an auto-encoder) classifies nothing
             metrics["train_acc"] = correct.item() / count
-        if self.evaluation is not None:
+        if self.evaluation is not None and self.writes:
             for name, network in self.method.evaluated().items():
                 result = evaluate(network, self.evaluation.batches(0, 0))
                 prefix = f"{name}_" if name else ""

@@ -71,6 +71,7 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
     if executed.exists():
         shutil.rmtree(executed)  # a notebook left by an earlier session must not stand in for this one
     outcomes = {}
+    window_began = time.time()
     for chapter in book_layout.chapters():
         began = time.perf_counter()
         try:
@@ -82,7 +83,22 @@ def smoke_book(test_build_dirs) -> dict[Path, notebooks.Outcome]:
                                                   + traceback.format_exc())
         print(f"smoke run {chapter.relative_to(book_layout.ROOT)}: {outcomes[chapter].seconds:.0f} s"
               + ("" if outcomes[chapter].error is None else " FAILED"))
+    # The runs the chapters asked for, read now, before another test can take a lock: `train_or_load` opens a
+    # run's lock `.<key>.lock` for writing (a new file time) whether it trains the run or loads it, and the lock of
+    # every run it stands on. File times are coarser than time.time(): a tenth of a second of margin.
+    _SMOKE_BOOK_RUNS.update(p.name[1:-len(".lock")] for p in _RUNS.glob(".*.lock")
+                            if p.stat().st_mtime >= window_began - 0.1)
     return outcomes
+
+
+_SMOKE_BOOK_RUNS: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def smoke_book_runs(smoke_book) -> frozenset[str]:
+    """The keys of the runs the chapters asked the run cache for while ``smoke_book`` executed them (trained or
+    loaded; runs other tests trained are not among them): tests/test_plan.py compares them with the plan."""
+    return frozenset(_SMOKE_BOOK_RUNS)
 
 
 def chromium() -> str:

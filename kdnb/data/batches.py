@@ -3,9 +3,17 @@
 All images live on the device as one normalised float32 tensor, built once; an epoch is a permutation plus
 per-sample augmentation parameters drawn from a generator seeded by ``(seed, epoch)`` alone. So epoch *k* yields
 the same batches whether training started at epoch 0 or resumed at *k*, and nothing depends on the global RNG.
+
+One run trained by several processes (:mod:`kdnb.distributed`) shards every *global* batch, not the epoch: each
+process builds the same plan, and :meth:`TensorBatches.shard` gives process ``r`` of ``n`` its contiguous share of
+each batch of the single-process order (sizes differ by at most one). So a step of the ``n`` processes together sees
+exactly the images, crops and flips of the single-process step, and the run keeps the single-process run's identity.
+(``torch.utils.data.DistributedSampler`` shards the epoch's permutation by stride and draws its own permutation:
+its step ``k`` would not hold the images of the single-process step ``k``.)
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -79,6 +87,7 @@ class TensorBatches:
         self.images = normalize_uint8(images_uint8.to(self.device), self.mean, self.std)
         self.labels = labels.to(self.device)
         self.fill = black_value(self.mean, self.std)
+        self.rank, self.shards = 0, 1  # this process's share of every batch (see shard)
 
     @property
     def num_samples(self) -> int:
@@ -100,6 +109,35 @@ class TensorBatches:
         tops, lefts, flips = sample_crop_flip(n, self.padding, self.augment == "crop_flip", generator)
         return EpochPlan(order, tops, lefts, flips)
 
+    def shard(self, rank: int, shards: int) -> "TensorBatches":
+        """These batches as process ``rank`` of ``shards`` sees them: its contiguous share of every global batch
+        (same plan, same number of steps; the images are shared, not copied)."""
+        if not 0 <= rank < shards:
+            raise ValueError(f"rank {rank} is not one of {shards} shards")
+        smallest = self.num_samples - (len(self) - 1) * self.batch_size if len(self) else 0
+        if shards > 1 and min(self.batch_size, smallest) < shards:
+            raise ValueError(f"a batch of {min(self.batch_size, smallest)} samples cannot be shared by {shards} "
+                             "processes (each needs at least one); use a larger batch or fewer processes")
+        view = copy.copy(self)
+        view.rank, view.shards = rank, shards
+        return view
+
+    def _window(self, batch: int) -> slice:
+        """Positions in the epoch's order of this process's share of global batch ``batch``."""
+        start = batch * self.batch_size
+        stop = min(start + self.batch_size, self.num_samples)
+        if self.shards == 1:
+            return slice(start, stop)
+        quotient, remainder = divmod(stop - start, self.shards)  # contiguous shares, as torch.tensor_split
+        first = start + self.rank * quotient + min(self.rank, remainder)
+        return slice(first, first + quotient + (self.rank < remainder))
+
+    def sample_indices(self, epoch: int, seed: int) -> Iterator[Tensor]:
+        """Each batch's sample indices in the data (on the device), in the order :meth:`batches` yields them."""
+        order = self.plan(epoch, seed).order.to(self.device)  # one host-to-device copy per epoch
+        for batch in range(len(self)):
+            yield order[self._window(batch)]
+
     def batches(self, epoch: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(images, labels)``: float32 (B, C, H, W) normalised images and int64 (B,) labels."""
         plan = self.plan(epoch, seed)
@@ -108,7 +146,7 @@ class TensorBatches:
         if self.augment is not None:
             tops, lefts, flips = (t.to(self.device) for t in (plan.tops, plan.lefts, plan.flips))
         for batch in range(len(self)):
-            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            window = self._window(batch)
             indices = order[window]
             images = self.images[indices]
             if self.augment is not None:

@@ -238,24 +238,43 @@ def chance(profile: Any) -> float:
     return 100.0 / data.info(scale(profile).dataset).num_classes
 
 
+def networks(profile: Any, architectures: Any = None, seeds: Any = None) -> list[tuple[dict, RunSpec]]:
+    """Every Part I network at ``profile`` (or of ``architectures`` / ``seeds``), as ``(labels, spec)``: per
+    architecture the teacher, then per seed the baseline and the student of each FC layer. ``labels`` holds
+    ``architecture``, ``network`` (``"teacher"``, ``"baseline"``, ``"student"``), ``layer`` (``""`` but for
+    students) and ``seed``. :func:`accuracies` trains these; the plan lists them."""
+    s = scale(profile)
+    out = []
+    for arch in architectures or s.architectures:
+        out.append(({"architecture": arch, "network": "teacher", "layer": "", "seed": TEACHER_SEED},
+                    teacher(profile, arch)))
+        for seed in seeds if seeds is not None else s.seeds:
+            out.append(({"architecture": arch, "network": "baseline", "layer": "", "seed": seed},
+                        baseline(profile, arch, seed)))
+            out += [({"architecture": arch, "network": "student", "layer": layer, "seed": seed},
+                     student(profile, arch, layer, seed)) for layer in LAYERS]
+    return out
+
+
+def teacher_runs(profile: Any) -> list[RunSpec]:
+    """The runs chapter I.1 trains: the teacher of every architecture of the scale."""
+    return [teacher(profile, arch) for arch in scale(profile).architectures]
+
+
+def chapter_runs(profile: Any) -> list[RunSpec]:
+    """The runs chapters I.2–I.4 train (:func:`accuracies` and :func:`~.dynamics.measure_all`): every network of
+    :func:`networks`."""
+    return [spec for _, spec in networks(profile)]
+
+
 def accuracies(profile: Any, architectures: Any = None, seeds: Any = None) -> pd.DataFrame:
-    """Every Part I network's final test accuracy, training the runs that are not cached: one row per run with
-    ``architecture``, ``network`` (``"teacher"``, ``"baseline"``, ``"student"``), ``layer`` (the student's FC
-    layer; ``""`` otherwise), ``seed`` and ``accuracy`` (%)."""
+    """Every Part I network's final test accuracy, training the runs that are not cached: one row per run of
+    :func:`networks` with ``architecture``, ``network`` (``"teacher"``, ``"baseline"``, ``"student"``),
+    ``layer`` (the student's FC layer; ``""`` otherwise), ``seed`` and ``accuracy`` (%)."""
     from ... import runs
 
-    s = scale(profile)
-    rows = []
-    for arch in architectures or s.architectures:
-        rows.append({"architecture": arch, "network": "teacher", "layer": "", "seed": TEACHER_SEED,
-                     "accuracy": 100 * runs.train_or_load(teacher(profile, arch)).final["test_acc"]})
-        for seed in seeds if seeds is not None else s.seeds:
-            rows.append({"architecture": arch, "network": "baseline", "layer": "", "seed": seed,
-                         "accuracy": 100 * runs.train_or_load(baseline(profile, arch, seed)).final["test_acc"]})
-            for layer in LAYERS:
-                run = runs.train_or_load(student(profile, arch, layer, seed))
-                rows.append({"architecture": arch, "network": "student", "layer": layer, "seed": seed,
-                             "accuracy": 100 * run.final["test_acc"]})
+    rows = [{**labels, "accuracy": 100 * runs.train_or_load(spec).final["test_acc"]}
+            for labels, spec in networks(profile, architectures, seeds)]
     return pd.DataFrame(rows, columns=["architecture", "network", "layer", "seed", "accuracy"])
 
 

@@ -63,6 +63,18 @@ def analysis_runs(profile: Profile, seeds: Sequence[int], student: str | None = 
                      for label in labels for seed in seeds}
 
 
+def chapter_runs(profile: Profile, sharpness_student: str | None = None) -> list[runs.RunSpec]:
+    """The runs chapter II.5 trains: the teacher and the CE, KD and IE-FT students of :func:`analysis_runs` on
+    Part II's decisive seeds, and, when ``sharpness_student`` (the chapter's ``SHARPNESS_STUDENT``) names another
+    architecture, its students for Fig. 4c."""
+    seeds = scale.part2_seeds(profile, decisive=True)
+    teacher, students = analysis_runs(profile, seeds)
+    out = [teacher, *students.values()]
+    if sharpness_student is not None and sharpness_student != first_pair(profile)[1]:
+        out += analysis_runs(profile, seeds, student=sharpness_student)[1].values()
+    return out
+
+
 def probe(profile: Profile, spec: runs.RunSpec, per_class: Mapping[str, int]) -> tuple[Tensor, Tensor]:
     """A fixed draw of the test split (``per_class[profile]`` images per class, else Part III's own test size;
     subset seed 0), normalised for ``spec``, as ``(images, labels)`` on the default device."""

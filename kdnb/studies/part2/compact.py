@@ -52,6 +52,19 @@ def autoencoder_seeds(profile: Profile) -> tuple[int, ...]:
     return AUTOENCODER_SEEDS.get(profile.name, scale.part2_seeds(profile))
 
 
+def chapter_specs(profile: Profile) -> tuple[runs.RunSpec, dict[int, runs.RunSpec]]:
+    """Chapter II.1's runs: the teacher of Part II's first pair and ``{seed: its auto-encoder}`` for each seed of
+    :func:`autoencoder_seeds` (seed 0 is the run Table 1's factor methods read)."""
+    teacher = scale.part2_teacher(profile, scale.part2_pairs(profile)[0][0])
+    return teacher, {seed: scale.part2_autoencoder(teacher, profile, seed=seed) for seed in autoencoder_seeds(profile)}
+
+
+def chapter_runs(profile: Profile) -> list[runs.RunSpec]:
+    """:func:`chapter_specs` as one list, the teacher first (for ``python -m kdnb plan``)."""
+    teacher, autoencoders = chapter_specs(profile)
+    return [teacher, *autoencoders.values()]
+
+
 def evaluation_batches(profile: Profile, spec: runs.RunSpec):
     """Part II's evaluation images (Part III's: the whole test split at ``book``), normalised for ``spec``."""
     return runs.batches(part3_scale.part3_evaluation_spec(spec, profile), "test").batches(0, 0)

@@ -475,3 +475,28 @@ def runs_of(cells: Sequence[Cell], row: str, method: str, train: Callable[[RunSp
     """The runs of the cells of ``row`` and ``method`` (one per seed), trained or loaded."""
     train = train or runs.train_or_load
     return [train(c.spec) for c in cells if c.row == row and c.method == method]
+
+
+# ------------------------------------------------------------------------------------------------ chapter runs
+# What each chapter trains, from the functions it calls, so that `python -m kdnb plan` and the chapter agree.
+def inheritance_exploration_runs(profile: Profile) -> list[RunSpec]:
+    """The runs chapter II.2 trains: each pair's teacher and Table 1's cells, then supplement Table 2's teachers
+    and cells."""
+    return [*(scale.part2_teacher(profile, pair[0]) for pair in scale.part2_pairs(profile)),
+            *(cell.spec for cell in table1_cells(profile)),
+            *(table_s2_teacher(profile, pair[0]) for pair in table_s2_pairs(profile)),
+            *(cell.spec for cell in table_s2_cells(profile))]
+
+
+def mutual_learning_runs(profile: Profile) -> list[RunSpec]:
+    """The runs chapter II.3 trains: Table 4's cells."""
+    return [cell.spec for cell in table4_cells(profile)]
+
+
+def ablations_runs(profile: Profile) -> list[RunSpec]:
+    """The runs chapter II.4 trains: per table (5, 6) its teacher and the CE students of its seeds (the teacher
+    premise), then the cells of Tables 5 and 6."""
+    premises = [spec for table, table_seeds in ((5, table5_seeds(profile)), (6, table6_seeds(profile)))
+                for spec in (ablation_teacher(profile, table),
+                             *(ablation_student(profile, table, "CE", seed) for seed in table_seeds))]
+    return [*premises, *(cell.spec for cell in table5_cells(profile) + table6_cells(profile))]

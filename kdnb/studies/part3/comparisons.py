@@ -426,8 +426,18 @@ def differences(frame: pd.DataFrame, a: str, others: Sequence[str],
 
 
 # ------------------------------------------------------------------------------------------------ premises
+def premise_runs(profile: Profile, number: int, model: str) -> dict[str, list[RunSpec]]:
+    """The runs the premise of table ``number`` for ``model`` reads: ``"CE"``, the CE runs of every seed; for
+    Table 5 also ``"teacher"`` and ``"assistant"``, the first two links of TAKD's chain."""
+    out = {"CE": [ce(profile, model, s) for s in seeds(profile)]}
+    if number == 5:
+        chain = takd_chain(profile, model, seeds(profile)[0])
+        out |= {"teacher": [chain[0]], "assistant": [chain[1]]}
+    return out
+
+
 def premise(profile: Profile, built: Comparison, train: Callable[[RunSpec], Run] | None = None) -> Premise:
-    """What the claims of ``built``'s table stand on, measured on its runs.
+    """What the claims of ``built``'s table stand on, measured on its runs (:func:`premise_runs`).
 
     Tables 2 and 3 (regularizers) and 4 (peers): the CE runs over-fit (:func:`.scale.part3_overfit_premise`)
     — a regularizer has nothing to cure otherwise, and in Table 4 the CE runs are the born-again students'
@@ -436,15 +446,40 @@ def premise(profile: Profile, built: Comparison, train: Callable[[RunSpec], Run]
     (:func:`.scale.part3_teacher_premise`)."""
     train = train or runs.train_or_load
     model = built.model
-    ce_runs = [built.runs["CE", s] if ("CE", s) in built.runs else train(ce(profile, model, s))
-               for s in seeds(profile)]
+    needed = premise_runs(profile, built.table.number, model)
+    ce_runs = [built.runs["CE", s] if ("CE", s) in built.runs else train(spec)
+               for s, spec in zip(seeds(profile), needed["CE"])]
     if built.table.number in (2, 3):
         return scale.part3_overfit_premise(ce_runs, profile)
     if built.table.number == 4:
         return scale.part3_overfit_premise(ce_runs, profile, what=f"CE {model} (the born-again teachers)")
-    chain = takd_chain(profile, model, seeds(profile)[0])
-    return analysis.all_of(scale.part3_teacher_premise(train(chain[0]), ce_runs, profile),
-                           scale.part3_teacher_premise(train(chain[1]), ce_runs, profile, what="assistant"))
+    return analysis.all_of(scale.part3_teacher_premise(train(needed["teacher"][0]), ce_runs, profile),
+                           scale.part3_teacher_premise(train(needed["assistant"][0]), ce_runs, profile,
+                                                       what="assistant"))
+
+
+def chapter_runs(profile: Profile) -> list[RunSpec]:
+    """Every run chapter III.3 trains at ``profile``, asked of :func:`build` and :func:`premise_runs` themselves
+    (each table for each of its models), in the order they are trained.
+
+    A sweep's value on the seeds after the selection seed is the one chosen on it (:func:`select_best`), known
+    only once the sweep's grid is trained: the grid's cached runs are measured, and until the whole grid is
+    cached an untrained value stands in (the first of the grid when none is). ``kdnb run --executor`` plans again
+    after training, so the chosen value's runs are trained before the chapter executes."""
+    asked: list[RunSpec] = []
+
+    def record(spec: RunSpec) -> Run | RunSpec:
+        asked.append(spec)
+        return runs.finished(spec) or spec
+
+    def measure(run: Run | RunSpec) -> float:
+        return accuracy(run, profile) if isinstance(run, Run) else 0.0
+
+    for number, spec_table in TABLES.items():
+        for model in spec_table.models(profile):
+            build(profile, number, model, train=record, measure=measure)
+            asked += [spec for specs in premise_runs(profile, number, model).values() for spec in specs]
+    return asked
 
 
 def paper_mean(number: int, model: str, label: str) -> float:

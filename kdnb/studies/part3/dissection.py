@@ -159,6 +159,45 @@ def warmup_spec(profile: Profile, model: str, warmup: float, seed: int) -> runs.
     return scale.part3(profile, model, "le", seed, {**explanation_args(model), "warmup": float(warmup)})
 
 
+def table6_specs(profile: Profile, models: Sequence[str], seeds: Sequence[int] | None = None,
+                 rows: Sequence[str] | None = None) -> list[tuple[dict, runs.RunSpec]]:
+    """Every run of Table 6 for ``models``: ``({"model", "method", "seed"}, spec)`` per model, seed (default
+    :func:`.scale.part3_seeds`) and row (default :func:`available_rows`)."""
+    seeds = scale.part3_seeds(profile) if seeds is None else seeds
+    rows = available_rows() if rows is None else rows
+    return [({"model": model, "method": row, "seed": seed}, table6_spec(profile, model, row, seed))
+            for model in models for seed in seeds for row in rows]
+
+
+def warmup_specs(profile: Profile, model: str, seeds: Sequence[int] | None = None) -> list[tuple[dict, runs.RunSpec]]:
+    """The warm-up ablation on ``model``: per share of :data:`WARMUPS` and seed (default
+    :func:`.scale.part3_seeds`), ``({"model", "method", "warmup", "seed", "warm-up epochs"}, spec)``."""
+    seeds = scale.part3_seeds(profile) if seeds is None else seeds
+    epochs = scale.part3_profile(profile).epochs
+    return [({"model": model, "method": f"warm-up {w:g}", "warmup": w, "seed": seed,
+              "warm-up epochs": distill.LE(torch.nn.Identity(), warmup=w).warmup_epochs(epochs)},
+             warmup_spec(profile, model, w, seed))
+            for w in WARMUPS for seed in seeds]
+
+
+# ------------------------------------------------------------------------------------------------ chapter runs
+# What chapters III.1 and III.4 train, from the functions they call, so that `python -m kdnb plan` agrees with them.
+def dark_knowledge_runs(profile: Profile, students: Sequence[str] | None = None) -> list[runs.RunSpec]:
+    """The runs chapter III.1 trains: Table 1's teacher and every run of Table 1 for each of ``students`` (the
+    chapter's ``STUDENTS``; default :func:`table1_students`)."""
+    teacher = table1_teacher(profile)
+    return [teacher, *(spec for student in (students or table1_students(profile))
+                       for _, spec in table1_specs(profile, student, teacher))]
+
+
+def ablations_runs(profile: Profile, models: Sequence[str] | None = None,
+                   warmup_model: str = "resnet8") -> list[runs.RunSpec]:
+    """The runs chapter III.4 trains: Table 6 for ``models`` (the chapter's ``MODELS``; default
+    :func:`table6_models`) and the warm-up ablation on ``warmup_model`` (its ``WARMUP_MODEL``)."""
+    chosen = list(models or table6_models(profile))
+    return [spec for _, spec in table6_specs(profile, chosen) + warmup_specs(profile, warmup_model)]
+
+
 # ------------------------------------------------------------------------------------------------ results
 def results_frame(specs: Iterable[tuple[dict, runs.RunSpec]], profile: Profile) -> pd.DataFrame:
     """Train or load every run and return one row per run: the given labels (e.g. model, method, seed), the

@@ -264,3 +264,23 @@ def part3_explanations(profile: Profile) -> tuple[str, ...]:
     """The input-space explanation methods of III.2's Fig. 3 at ``profile`` (:data:`PART3_EXPLANATIONS`, else all
     three: Grad, GuidedBP, Grad×Input)."""
     return PART3_EXPLANATIONS.get(profile.name, ALL_INPUT_EXPLANATIONS)
+
+
+def part3_introspective_specs(profile: Profile, model: str,
+                              explanations: Sequence[str] | None = None) -> dict[tuple[str, int], RunSpec]:
+    """Chapter III.2's runs of ``model``: ``("ce", seed)`` and ``("le", seed)`` (LE with Grad-CAM) on the decisive
+    seeds, then ``(explanation, seed)`` (LE with that input-space explanation) for each of ``explanations``
+    (default :func:`part3_explanations`) on the other seeds (:func:`part3_seeds`)."""
+    specs = {(method, seed): part3(profile, model, method, seed)
+             for method in ("ce", "le") for seed in part3_seeds(profile, decisive=True)}
+    for explanation in explanations or part3_explanations(profile):
+        for seed in part3_seeds(profile):
+            specs[explanation, seed] = part3(profile, model, "le", seed, method_args={"explanation": explanation})
+    return specs
+
+
+def introspective_runs(profile: Profile, model: str = "resnet8",
+                       explanations: Sequence[str] | None = None) -> list[RunSpec]:
+    """:func:`part3_introspective_specs` as one list (for ``python -m kdnb plan``); the defaults are chapter
+    III.2's ``MODEL`` and ``EXPLANATIONS``."""
+    return list(part3_introspective_specs(profile, model, explanations).values())
