@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["setup", "device", "seed_everything", "Profile", "profiles"]
 __version__ = "0.1.0"
 
-_SUBMODULES = {"analysis", "bench", "cache", "concepts", "data", "distill", "distributed", "explain", "glue", "models",
-               "modules", "notebooks", "plots", "probes", "progress", "recipes", "runs", "storage", "train", "widgets"}
+_SUBMODULES = {"analysis", "bench", "cache", "concepts", "data", "distill", "distributed", "explain", "glue", "jobs",
+               "models", "modules", "notebooks", "plan", "plots", "probes", "progress", "recipes", "runs", "storage",
+               "train", "widgets"}
 
 
 def __getattr__(name: str):

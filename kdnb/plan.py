@@ -244,13 +244,15 @@ def _duration(seconds: float | None) -> str:
 
 def describe(plan: Plan) -> str:
     """The plan as a table for the terminal, with the totals and what the estimate is."""
-    header = f"{'#':>4}  {'key':16}  {'model':14}  {'method':12}  {'seed':>5}  {'epochs':>6}  {'cached':6}  {'estimate':>9}  chapters"
+    header = (f"{'#':>4}  {'key':16}  {'model':14}  {'method':12}  {'seed':>5}  {'epochs':>6}  {'cached':6}  "
+              f"{'estimate':>9}  chapters")
     lines = [f"kdnb plan: {len(plan.chapters)} chapter(s) at profile {plan.profile!r}: {len(plan.runs)} run(s), "
              f"{len(plan.runs) - len(plan.uncached())} cached", header]
     for i, run in enumerate(plan.runs, 1):
         spec = run.spec
-        lines.append(f"{i:>4}  {run.key:16}  {spec.model:14}  {spec.method:12}  {spec.seed:>5}  {spec.schedule.epochs:>6}  "
-                     f"{'yes' if run.cached else 'no':6}  {_duration(run.seconds):>9}  {', '.join(run.chapters)}")
+        lines.append(f"{i:>4}  {run.key:16}  {spec.model:14}  {spec.method:12}  {spec.seed:>5}  "
+                     f"{spec.schedule.epochs:>6}  {'yes' if run.cached else 'no':6}  {_duration(run.seconds):>9}  "
+                     f"{', '.join(run.chapters)}")
     if all(r.seconds is None for r in plan.runs):
         lines.append(f"total, runs not cached: {len(plan.uncached())} run(s); cost not estimated (--no-estimate)")
         return "\n".join(lines)
