@@ -11,9 +11,11 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # pip takes torch/torchvision from the local wheel cache where one exists; constraints.txt pins the whole tree.
+# --no-cache-dir: the CUDA build of torch fills ~6 GB of the venv and a CI machine once ran out of disk during this
+# install; pip's cache would only add to it.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --disable-pip-version-check --no-cache-dir -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kdnb)" >/dev/null
 	touch $@
 
