@@ -265,7 +265,9 @@ def main(names: list[str] | None = None, quick: bool = False) -> list[dict]:
     print(json.dumps(results, indent=2))
     return results
 
-from .bench_methods import method_steps_vs_ce  # noqa: E402  (Huang et al.'s methods; a module of its own)
+from .bench_methods import method_steps_vs_ce, method_steps_vs_ce_remembered  # noqa: E402  (a module of its own)
 
 BENCHES["methods"] = method_steps_vs_ce
 QUICK["methods"] = {"steps": 2, "repeats": 1, "batch_size": 16}
+BENCHES["methods_remembered"] = method_steps_vs_ce_remembered
+QUICK["methods_remembered"] = QUICK["methods"]

@@ -41,11 +41,16 @@ def _quiet_progress():
 
 
 def method_steps_vs_ce(student: str = "resnet8", teacher: str = "resnet20", batch_size: int = 64, steps: int = 8,
-                       repeats: int = 5, methods: tuple[str, ...] | None = None) -> dict:
+                       repeats: int = 5, methods: tuple[str, ...] | None = None,
+                       student_args: dict | None = None, augment: str | None = "default") -> dict:
     """Per method, the median time of one trainer step over that of a cross-entropy step of the same student on
     the same ``steps`` batches of Fashion-MNIST; ``repeats`` interleaved rounds (the method order rotates each
     round). The teacher and its factor auto-encoder are trained briefly first (their quality does not change a
-    step's cost)."""
+    step's cost). ``student_args``: the student's model arguments (e.g. ``{"width": 0.25}``, the book's MobileNet).
+    ``augment``: the batches' augmentation (``"default"``: the data set's, so the teacher runs every step, as in a
+    CIFAR run of the paper); ``None``: fixed inputs, as the book's students train, where the teacher's outputs are
+    remembered per sample (:meth:`kdnb.distill.base.Method.remembered`) after the warm-up epoch, so the steps timed
+    are those of every epoch after a run's first."""
     from . import distill, runs
     from .distill.base import Method
     from .train import Schedule, Trainer
@@ -71,7 +76,7 @@ def method_steps_vs_ce(student: str = "resnet8", teacher: str = "resnet20", batc
             needs_teacher = distill.method_class(name).requires_teacher
             spec = runs.RunSpec("fashion_mnist", student, schedule, method=name, method_args=args,
                                 teacher=teacher_spec if needs_teacher else None, train_per_class=per_class,
-                                test_per_class=2)
+                                test_per_class=2, model_args=dict(student_args or {}), augment=augment)
             specs[name] = spec
             built[name] = runs.build_method(spec, teacher_model if needs_teacher else None,
                                             {k: autoencoder_run for k in spec.inputs() if k == "autoencoder"})
@@ -103,6 +108,14 @@ def method_steps_vs_ce(student: str = "resnet8", teacher: str = "resnet20", batc
         "ie_kd_vs_kd_max": worst,
         "target": "IE-KD step <= 1.3 x KD step",
         "ce_step_s": median["ce"],
-        "student": student, "teacher": teacher, "dataset": "fashion_mnist", "batch_size": batch_size,
+        "student": student, "student_args": dict(student_args or {}), "augment": augment, "teacher": teacher, "dataset": "fashion_mnist", "batch_size": batch_size,
         "steps": steps, "repeats": repeats,
     }
+
+
+def method_steps_vs_ce_remembered(**kwargs) -> dict:
+    """:func:`method_steps_vs_ce` on fixed inputs (no augmentation), the book's regime: the teacher's outputs are
+    remembered after the first epoch, so a distillation step costs about what the student's side of it costs."""
+    result = method_steps_vs_ce(augment=None, **kwargs)
+    result["name"] = "method_steps_vs_ce_remembered"
+    return result

@@ -414,6 +414,8 @@ class Trainer:
         labels = getattr(self.train_batches, "labels", None)
         num_samples = getattr(self.train_batches, "num_samples", None)
         sample_indices = self._sample_indices(epoch)
+        # No augmentation: a sample's input is the same every epoch (frozen networks' outputs may be remembered).
+        fixed_inputs = getattr(self.train_batches, "augment", "unknown") is None
         for step, (x, y) in enumerate(self.train_batches.batches(epoch, self.seed)):
             global_step = epoch * steps + step
             stage_progress = ((epoch - first) * steps + step) / (length * steps)
@@ -421,7 +423,8 @@ class Trainer:
             lr = self.schedule.lr_at(stage_progress if stage.restart_schedule else progress) * stage.lr_scale
             indices = next(sample_indices)
             context = Context(stage, epoch, step, global_step, progress, stage_progress, lr, indices,
-                              num_samples if indices is not None else None, labels if indices is not None else None)
+                              num_samples if indices is not None else None, labels if indices is not None else None,
+                              fixed_inputs=fixed_inputs)
             batch = y.numel()
             for index, (update, optimizer) in enumerate(optimizers):
                 for group in optimizer.param_groups:

@@ -59,6 +59,12 @@ class AttentionTransfer(Method):
         self.beta, self.p, self.temperature, self.alpha = float(beta), float(p), float(temperature), float(alpha)
         self.pairs = layer_pairs(student, teacher, layers)
 
+    @torch.no_grad()
+    def _teacher_targets(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The teacher's logits and the features AT pairs with the student's (only those: what is remembered)."""
+        logits, features = self.teacher_features(x)
+        return logits, {t: features[t] for _, t in self.pairs}
+
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
         needs_teacher = context.uses("at") or (self.alpha > 0 and context.uses("kd"))
@@ -68,7 +74,7 @@ class AttentionTransfer(Method):
             logits, features = self.student(x), {}
         teacher_logits, teacher_features = None, {}
         if needs_teacher:
-            teacher_logits, teacher_features = self.teacher_features(x)
+            teacher_logits, teacher_features = self.remembered("teacher_at", x, context, self._teacher_targets)
         terms = hinton_terms(logits, teacher_logits if self.alpha > 0 else None, y, self.temperature, self.alpha)
         if context.uses("at"):
             terms["at"] = self.beta / 2 * sum(attention_loss(features[s], teacher_features[t], self.p)

@@ -22,11 +22,13 @@ the piece (``Run.network(name)``) and no throw-away student.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..modules import under_any
+from .memory import remembered as remember_per_sample
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Context:
     ``indices`` are the positions of the batch's samples in the training set (``(B,)`` on the batch's device),
     ``num_samples`` the training set's size and ``dataset_labels`` its labels ``(N,)``: what a method with a
     per-sample memory (CRD's memory bank) needs. The trainer fills them when its batches can say
-    (``TensorBatches``); outside the trainer they are None.
+    (``TensorBatches``); outside the trainer they are None. ``fixed_inputs``: the trainer's batches have no
+    augmentation, so a sample's input is the same every epoch and a frozen network's output for it may be
+    remembered (:meth:`Method.remembered`).
     """
 
     stage: Stage = field(default_factory=lambda: Stage("inspect"))
@@ -90,6 +94,7 @@ class Context:
     indices: Tensor | None = None
     num_samples: int | None = None
     dataset_labels: Tensor | None = None
+    fixed_inputs: bool = False
 
     @classmethod
     def everything(cls) -> "Context":
@@ -187,6 +192,7 @@ class Method(nn.Module):
         # Not registered as a submodule: the teacher is neither trained nor saved with the student.
         object.__setattr__(self, "teacher", teacher)
         object.__setattr__(self, "_frozen_children", [])
+        object.__setattr__(self, "_memories", {})  # per-sample outputs of frozen networks (remembered)
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -244,9 +250,20 @@ class Method(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_logits(self, x: Tensor) -> Tensor:
-        """The teacher's logits, without gradient."""
-        return self.teacher(x)
+    def teacher_logits(self, x: Tensor, context: Context | None = None) -> Tensor:
+        """The teacher's logits, without gradient (remembered per sample when ``context`` allows)."""
+        return self.remembered("teacher_logits", x, context, self.teacher)
+
+    def remembered(self, name: str, x: Tensor, context: Context | None, compute: Callable[[Tensor], Any]) -> Any:
+        """``compute(x)``, the output of a *frozen* network for batch ``x`` (a tensor or a tuple/dict of tensors,
+        batch first), kept per training sample under ``name`` when ``context`` says the inputs are fixed (no
+        augmentation) and read back in later epochs instead of recomputed, for batches of the size it was filled
+        with: the same numbers, since a frozen network in eval mode computes each sample on its own
+        (:mod:`.memory`). Computed every time otherwise."""
+        fixed = context is not None and context.fixed_inputs and context.indices is not None
+        return remember_per_sample(self.__dict__.setdefault("_memories", {}), name, x,
+                                   context.indices if fixed else None, context.num_samples if fixed else None,
+                                   compute)
 
     @torch.no_grad()
     def teacher_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -38,7 +38,7 @@ class BornAgain(Method):
         logits = self.student(x)
         terms = {}
         if context.uses("kd"):
-            terms["kd"] = kd_divergence(logits, self.teacher_logits(x), self.temperature)
+            terms["kd"] = kd_divergence(logits, self.teacher_logits(x, context), self.temperature)
         if self.ce_weight > 0:
             terms["ce"] = self.ce_weight * F.cross_entropy(logits, y)
         return logits, terms

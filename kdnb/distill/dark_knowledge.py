@@ -122,6 +122,6 @@ class DKPP(KD):
         logits = self.student(x)
         terms = {"ce": (1.0 - self.alpha) * F.cross_entropy(logits, y)}
         if context.uses("kd"):
-            targets = dkpp_permute(self.teacher_logits(x))
+            targets = dkpp_permute(self.teacher_logits(x, context))
             terms["kd"] = self.alpha * kd_divergence(logits, targets, self.temperature)
         return logits, terms

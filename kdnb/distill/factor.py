@@ -114,7 +114,7 @@ class AutoEncoder(Method):
         self.autoencoder = FactorAutoencoder(channels, ratio, self.layer)
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[None, dict[str, Tensor]]:
-        feature = self.teacher_features(x)[1][self.layer]
+        feature = self.remembered("teacher_feature", x, context, lambda x: self.teacher_features(x)[1][self.layer])
         _, reconstruction = self.autoencoder(feature)
         return None, {"rec": reconstruction_loss(feature, reconstruction, self.reconstruction)}
 
@@ -167,9 +167,11 @@ class FT(Method):
         self.translator = coder(channels, paraphraser.factor_channels)
 
     @torch.no_grad()
-    def teacher_factor(self, x: Tensor) -> Tensor:
-        """:math:`P(f_T)`: the frozen paraphraser's encoding of the teacher's feature."""
-        return self.autoencoder.encoder(self.teacher_features(x)[1][self.autoencoder.layer])
+    def teacher_factor(self, x: Tensor, context: Context | None = None) -> Tensor:
+        """:math:`P(f_T)`: the frozen paraphraser's encoding of the teacher's feature (remembered per sample when
+        ``context`` allows)."""
+        return self.remembered("teacher_factor", x, context, lambda x: self.autoencoder.encoder(
+            self.teacher_features(x)[1][self.autoencoder.layer]))
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
@@ -177,6 +179,7 @@ class FT(Method):
             logits = self.student(x)
             return logits, {"ce": F.cross_entropy(logits, y)}
         logits, features = self.student.forward_features(x)
-        student_factor, teacher_factor = match_size(self.translator(features[self.layer]), self.teacher_factor(x))
+        student_factor, teacher_factor = match_size(self.translator(features[self.layer]),
+                                                     self.teacher_factor(x, context))
         return logits, {"ce": F.cross_entropy(logits, y),
                         "ft": self.beta * factor_distance(student_factor, teacher_factor)}

@@ -186,9 +186,11 @@ class IEKD(Method):
         self.encoders = part_encoders(self.split, encoder_of_teacher.factor_channels)
 
     @torch.no_grad()
-    def teacher_factor(self, x: Tensor) -> Tensor:
-        """:math:`F_T`: the frozen auto-encoder's encoding of the teacher's feature (once per step)."""
-        return self.autoencoder.encoder(self.teacher_features(x)[1][self.autoencoder.layer])
+    def teacher_factor(self, x: Tensor, context: Context | None = None) -> Tensor:
+        """:math:`F_T`: the frozen auto-encoder's encoding of the teacher's feature (once per step, or remembered
+        per sample when ``context`` allows)."""
+        return self.remembered("teacher_factor", x, context, lambda x: self.autoencoder.encoder(
+            self.teacher_features(x)[1][self.autoencoder.layer]))
 
     def reduce(self, factor: Tensor | None) -> Tensor | None:
         if factor is None or self.reduction == "factor":
@@ -202,8 +204,8 @@ class IEKD(Method):
             return logits, {"ce": F.cross_entropy(logits, y)}
         logits, features = self.student.forward_features(x)
         f_inh, f_exp = encode_parts(self.split, self.encoders, features[self.layer])
-        l_inh, l_exp = ie_losses(self.reduce(f_inh), self.reduce(f_exp), self.reduce(self.teacher_factor(x)),
-                                 self.metric)
+        teacher_factor = self.teacher_factor(x, context)
+        l_inh, l_exp = ie_losses(self.reduce(f_inh), self.reduce(f_exp), self.reduce(teacher_factor), self.metric)
         terms = {"ce": F.cross_entropy(logits, y)}
         if l_inh is not None:
             terms["inh"] = self.lambda_inh * l_inh

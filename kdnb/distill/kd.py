@@ -47,7 +47,7 @@ def kd_stage_terms(method: Method, logits: Tensor, x: Tensor, y: Tensor, context
     neither ``ce`` nor ``kd``; the teacher runs only when the stage sums ``kd`` and ``method.alpha > 0``."""
     if not (context.uses("ce") or context.uses("kd")):
         return {}
-    teacher_logits = method.teacher_logits(x) if method.alpha > 0 and context.uses("kd") else None
+    teacher_logits = method.teacher_logits(x, context) if method.alpha > 0 and context.uses("kd") else None
     return hinton_terms(logits, teacher_logits, y, method.temperature, method.alpha)
 
 
@@ -78,5 +78,5 @@ class KD(Method):
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
         logits = self.student(x)
-        teacher_logits = self.teacher_logits(x) if context.uses("kd") else None  # a CE-only stage never runs it
+        teacher_logits = self.teacher_logits(x, context) if context.uses("kd") else None  # a CE-only stage never runs it
         return logits, hinton_terms(logits, teacher_logits, y, self.temperature, self.alpha)

@@ -58,7 +58,7 @@ class FeatureLossMethod(Method):
         if uses_feature:
             teacher_logits, teacher_features = self.teacher_features(x)
         elif uses_kd:
-            teacher_logits = self.teacher_logits(x)
+            teacher_logits = self.teacher_logits(x, context)
         terms: dict[str, Tensor] = {}
         if context.uses("ce") or uses_kd:
             terms = hinton_terms(logits, teacher_logits if uses_kd else None, y, self.temperature, self.alpha)

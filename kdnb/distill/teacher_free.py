@@ -56,7 +56,7 @@ class TfKDSelf(Method):
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()
         logits = self.student(x)
-        teacher_logits = self.teacher_logits(x) if context.uses("kd") else None
+        teacher_logits = self.teacher_logits(x, context) if context.uses("kd") else None
         terms = hinton_terms(logits, teacher_logits, y, self.temperature, self.alpha)
         if "kd" in terms and self.multiplier != 1.0:
             terms["kd"] = self.multiplier * terms["kd"]
