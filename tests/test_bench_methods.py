@@ -22,3 +22,13 @@ def test_bench_methods_quick_runs_every_main_method():
 def test_bench_methods_rejects_unknown_names():
     with pytest.raises(ValueError, match="choose from: ce, kd"):
         method_steps_vs_ce(methods=("kd", "nonsense"))
+
+
+def test_bench_methods_remembered_times_fixed_inputs_with_another_student():
+    from kdnb.bench_methods import method_steps_vs_ce_remembered
+
+    entry = method_steps_vs_ce_remembered(student="mobilenet", student_args={"width": 0.25}, teacher="resnet8",
+                                          steps=2, repeats=1, batch_size=8, methods=("kd", "ie_ft"))
+    assert entry["name"] == "method_steps_vs_ce_remembered" and entry["augment"] is None
+    assert entry["student_args"] == {"width": 0.25} and set(entry["per_ce_step"]) == {"ce", "kd", "ie_ft"}
+    assert bench.BENCHES["methods_remembered"] is method_steps_vs_ce_remembered
