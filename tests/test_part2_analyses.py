@@ -187,3 +187,16 @@ def test_the_runs_are_table_1s(name):
     if name != "smoke":  # Table 1 itself runs one seed at smoke; II.5 trains its second there
         table1 = {cell.spec for cell in tables.table1_cells(profile)}
         assert set(specs.values()) <= table1
+
+
+def test_autoencoder_premise_holds_only_when_every_seed_learned():
+    import pandas as pd
+
+    from kdnb.studies.part2 import compact
+
+    curve = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1], "epoch": [3, 1, 2, 1, 2, 3],
+                          "reconstruction loss": [0.10, 0.40, 0.20, 0.30, 0.25, 0.35]})
+    premise = compact.autoencoder_premise(curve)
+    assert not premise.held and "seed 0: 0.4 → 0.1" in premise.measured and "seed 1: 0.3 → 0.35" in premise.measured
+    curve.loc[5, "reconstruction loss"] = 0.29
+    assert compact.autoencoder_premise(curve).held

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ... import cache, runs
+from ...analysis import Premise
 from ...analysis.representation import collect_features, representation_head
 from ...profiles import Profile
 from ..part3 import scale as part3_scale
@@ -159,6 +160,18 @@ def reconstruction_curve(ae_runs: dict[int, runs.Run]) -> pd.DataFrame:
     """Eq. 1's training loss (``train_rec``, mean squared error per element) per epoch and seed."""
     return pd.DataFrame([{"seed": seed, "epoch": row["epoch"], "reconstruction loss": row["train_rec"]}
                          for seed, run in ae_runs.items() for row in run.history])
+
+
+def autoencoder_premise(curve: pd.DataFrame) -> Premise:
+    """II.1's premise: every seed's auto-encoder learned, i.e. Eq. 1's training loss after its last epoch is
+    below that after its first. Without it an encoder is close to a random projection of the feature, which can
+    keep nearest-class-mean accuracy by itself and make the factor claims vacuous."""
+    ends = {seed: (part.sort_values("epoch")["reconstruction loss"].iloc[0],
+                   part.sort_values("epoch")["reconstruction loss"].iloc[-1]) for seed, part in curve.groupby("seed")}
+    measured = ", ".join(f"seed {seed}: {first:.3g} → {last:.3g}" for seed, (first, last) in ends.items())
+    return Premise("Eq. 1's loss fell during training (last epoch < first), every auto-encoder seed", measured,
+                   held=all(last < first for first, last in ends.values()),
+                   remedy="train the auto-encoder longer (its schedule is the teacher's, scale.part2_autoencoder)")
 
 
 def compact_figure(curve: pd.DataFrame, reports: dict[int, dict], title: str = "") -> Figure:
