@@ -108,7 +108,8 @@ def method_steps_vs_ce(student: str = "resnet8", teacher: str = "resnet20", batc
         "ie_kd_vs_kd_max": worst,
         "target": "IE-KD step <= 1.3 x KD step",
         "ce_step_s": median["ce"],
-        "student": student, "student_args": dict(student_args or {}), "augment": augment, "teacher": teacher, "dataset": "fashion_mnist", "batch_size": batch_size,
+        "student": student, "student_args": dict(student_args or {}), "augment": augment, "teacher": teacher,
+        "dataset": "fashion_mnist", "batch_size": batch_size,
         "steps": steps, "repeats": repeats,
     }
 

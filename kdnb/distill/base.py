@@ -261,9 +261,8 @@ class Method(nn.Module):
         with: the same numbers, since a frozen network in eval mode computes each sample on its own
         (:mod:`.memory`). Computed every time otherwise."""
         fixed = context is not None and context.fixed_inputs and context.indices is not None
-        return remember_per_sample(self.__dict__.setdefault("_memories", {}), name, x,
-                                   context.indices if fixed else None, context.num_samples if fixed else None,
-                                   compute)
+        return remember_per_sample(self._memories, name, x, context.indices if fixed else None,
+                                   context.num_samples if fixed else None, compute)
 
     @torch.no_grad()
     def teacher_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

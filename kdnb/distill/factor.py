@@ -119,6 +119,14 @@ class AutoEncoder(Method):
         return None, {"rec": reconstruction_loss(feature, reconstruction, self.reconstruction)}
 
 
+@torch.no_grad()
+def encoded_teacher_feature(method: Method, x: Tensor, context: Context | None) -> Tensor:
+    """``method.autoencoder``'s (frozen) encoding of the teacher's feature it was trained on — FT's :math:`P(f_T)`,
+    IE-KD's :math:`F_T` — remembered per sample when ``context`` allows (:meth:`Method.remembered`)."""
+    return method.remembered("teacher_factor", x, context, lambda x: method.autoencoder.encoder(
+        method.teacher_features(x)[1][method.autoencoder.layer]))
+
+
 def trained_autoencoder(method: Method, run, teacher: nn.Module) -> FactorAutoencoder:
     """The auto-encoder of part run ``run`` (an ``"autoencoder"`` run), held frozen by ``method`` as child
     ``"autoencoder"``. Checks that it encodes a network of the teacher's architecture at a feature of the width
@@ -170,8 +178,7 @@ class FT(Method):
     def teacher_factor(self, x: Tensor, context: Context | None = None) -> Tensor:
         """:math:`P(f_T)`: the frozen paraphraser's encoding of the teacher's feature (remembered per sample when
         ``context`` allows)."""
-        return self.remembered("teacher_factor", x, context, lambda x: self.autoencoder.encoder(
-            self.teacher_features(x)[1][self.autoencoder.layer]))
+        return encoded_teacher_feature(self, x, context)
 
     def forward(self, x: Tensor, y: Tensor, context: Context | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         context = context or Context.everything()

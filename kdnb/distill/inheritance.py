@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..modules import batchnorm_statistics_fixed
 from .base import Context, Method, Update
 from .factor import FACTOR_RATIO, RECONSTRUCTIONS, FactorAutoencoder, coder, factor_distance, reconstruction_loss
-from .factor import trained_autoencoder
+from .factor import encoded_teacher_feature, trained_autoencoder
 from .features import feature_shapes, last_stage, match_size
 from .mutual import make_peer
 
@@ -189,8 +189,7 @@ class IEKD(Method):
     def teacher_factor(self, x: Tensor, context: Context | None = None) -> Tensor:
         """:math:`F_T`: the frozen auto-encoder's encoding of the teacher's feature (once per step, or remembered
         per sample when ``context`` allows)."""
-        return self.remembered("teacher_factor", x, context, lambda x: self.autoencoder.encoder(
-            self.teacher_features(x)[1][self.autoencoder.layer]))
+        return encoded_teacher_feature(self, x, context)
 
     def reduce(self, factor: Tensor | None) -> Tensor | None:
         if factor is None or self.reduction == "factor":

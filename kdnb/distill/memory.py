@@ -58,12 +58,11 @@ class SampleMemory:
     :meth:`write` it."""
 
     def __init__(self, example: Value, num_samples: int) -> None:
+        leaves = _leaves(example)  # at least one: an output without tensors is never kept (fits)
         self.template = example
-        self.batch_size = _leaves(example)[0].shape[0]
-        self.stores = [torch.empty((num_samples, *t.shape[1:]), dtype=t.dtype, device=t.device)
-                       for t in _leaves(example)]
-        self.filled = torch.zeros(num_samples, dtype=torch.bool, device=self.stores[0].device if self.stores
-                                  else "cpu")
+        self.batch_size = leaves[0].shape[0]
+        self.stores = [torch.empty((num_samples, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in leaves]
+        self.filled = torch.zeros(num_samples, dtype=torch.bool, device=leaves[0].device)
 
     @staticmethod
     def fits(example: Value, batch: int, num_samples: int) -> bool:

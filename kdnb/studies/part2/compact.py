@@ -166,8 +166,8 @@ def autoencoder_premise(curve: pd.DataFrame) -> Premise:
     """II.1's premise: every seed's auto-encoder learned, i.e. Eq. 1's training loss after its last epoch is
     below that after its first. Without it an encoder is close to a random projection of the feature, which can
     keep nearest-class-mean accuracy by itself and make the factor claims vacuous."""
-    ends = {seed: (part.sort_values("epoch")["reconstruction loss"].iloc[0],
-                   part.sort_values("epoch")["reconstruction loss"].iloc[-1]) for seed, part in curve.groupby("seed")}
+    losses = {seed: part.sort_values("epoch")["reconstruction loss"] for seed, part in curve.groupby("seed")}
+    ends = {seed: (loss.iloc[0], loss.iloc[-1]) for seed, loss in losses.items()}
     measured = ", ".join(f"seed {seed}: {first:.3g} → {last:.3g}" for seed, (first, last) in ends.items())
     return Premise("Eq. 1's loss fell during training (last epoch < first), every auto-encoder seed", measured,
                    held=all(last < first for first, last in ends.values()),
